@@ -1,0 +1,1 @@
+"""speakstream clients: playback (speakstream-say), load generation, benchmarks."""

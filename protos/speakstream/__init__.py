@@ -1,0 +1,1 @@
+"""speakstream API: generated protobuf and gRPC stubs (built from the .proto files)."""

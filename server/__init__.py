@@ -1,0 +1,1 @@
+"""speakstream server: streaming text-to-speech over gRPC on ONNX Runtime."""

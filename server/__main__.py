@@ -1,0 +1,111 @@
+"""speakstream-server: argument parsing, logging, signals, serve until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from server.config import Settings
+from server.errors import VoiceLoadError
+
+_LOGGER = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every flag maps to one Settings field."""
+    d = Settings()
+    p = argparse.ArgumentParser(prog="speakstream-server",
+                                description="Streaming text-to-speech gRPC server.")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one (default %(default)s)")
+    p.add_argument("--voice", default=d.voice, help="default voice name (default: the bundled en_US-joe-medium)")
+    p.add_argument("--voice-dir", type=Path, help="directory of extra Piper voices (*.onnx + *.onnx.json)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+                   help="inference device; auto = CUDA when available (default %(default)s)")
+    p.add_argument("--cuda-device-id", type=int, default=d.cuda_device_id, help="GPU index (default %(default)s)")
+    p.add_argument("--gpu-mem-limit-mb", type=int, default=d.gpu_mem_limit_mb,
+                   help="CUDA arena cap in MiB, 0 = none (default %(default)s)")
+    p.add_argument("--pool-size", type=int, default=d.pool_size,
+                   help="inferences in flight at once (default: number of cores, %(default)s)")
+    p.add_argument("--sessions", type=int, default=d.sessions,
+                   help="ONNX Runtime sessions per voice (default %(default)s)")
+    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
+                   help="threads one inference may use (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="calls admitted beyond --pool-size before RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-chars", type=int, default=d.max_chars,
+                   help="longest request text in characters (default %(default)s)")
+    p.add_argument("--grace-s", type=float, default=d.grace_s,
+                   help="seconds in-flight calls get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default %(default)s)")
+    return p
+
+
+def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
+    """Parse flags into Settings; bad values end the program with a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return Settings(
+            host=args.host, port=args.port, voice=args.voice, voice_dir=args.voice_dir,
+            device=args.device, cuda_device_id=args.cuda_device_id,
+            gpu_mem_limit_mb=args.gpu_mem_limit_mb, pool_size=args.pool_size,
+            sessions=args.sessions, intra_op_threads=args.intra_op_threads,
+            max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,
+            log_level=args.log_level.upper(),
+        )
+    except ValueError as exc:
+        parser.error(str(exc).replace("_", "-", 1))
+
+
+async def serve(settings: Settings) -> None:
+    """Start, wait for SIGTERM/SIGINT, drain; a second signal stops at once."""
+    from server.app import start  # heavy imports after argument errors are reported
+
+    app = await start(settings)
+    print(f"speakstream listening on {app.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop)
+    try:
+        await stop.wait()
+        _LOGGER.info("draining: in-flight calls get %.1f s", settings.grace_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _exit_now)
+    finally:
+        await app.stop()
+    _LOGGER.info("stopped")
+
+
+def _on_signal(stop: asyncio.Event) -> None:
+    stop.set()
+
+
+def _exit_now() -> None:
+    _LOGGER.warning("second signal: exiting without waiting")
+    logging.shutdown()
+    os._exit(1)  # skip the drain that is still running
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `speakstream-server` and `python -m server`."""
+    settings = settings_from_args(argv)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except VoiceLoadError as exc:
+        _LOGGER.error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

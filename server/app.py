@@ -1,0 +1,102 @@
+"""Wiring: voices, pool, scheduler, services, health, reflection; start and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from speakstream.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+from server.config import Settings
+from server.pool import SessionPool
+from server.scheduler import Scheduler
+from server.service import SynthesizerServicer
+from server.synthesis import Synthesizer
+from server.voices import VoiceRegistry
+
+_LOGGER = logging.getLogger(__name__)
+
+SYNTHESIZER_SERVICE = synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name
+
+
+@dataclass
+class App:
+    """A running server and the parts tests and signal handlers need to reach."""
+
+    server: grpc.aio.Server
+    port: int
+    settings: Settings
+    voices: VoiceRegistry
+    pool: SessionPool
+    scheduler: Scheduler
+    synthesizer: Synthesizer
+    health: health.aio.HealthServicer
+
+    @property
+    def address(self) -> str:
+        """host:port clients can dial."""
+        return f"{self.settings.host}:{self.port}"
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish for `grace` s."""
+        self.scheduler.drain()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_s if grace is None else grace)
+        await self.scheduler.close()
+        self.synthesizer.close()
+
+
+def load_voices(settings: Settings) -> VoiceRegistry:
+    """The voice registry, failing with VoiceLoadError before anything listens."""
+    return VoiceRegistry.load(settings.voice_dir, settings.voice)
+
+
+async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> App:
+    """Load the default voice, bind, start serving, and return the running App."""
+    started = time.monotonic()
+    voices = voices or load_voices(settings)
+    pool = SessionPool(settings)
+    # Model load is seconds of blocking work: keep it off the event loop.
+    await asyncio.get_running_loop().run_in_executor(None, pool.sessions, voices.default)
+    scheduler = Scheduler(settings.pool_size, settings.max_queue)
+    await scheduler.start()
+    synthesizer = Synthesizer(settings, pool, scheduler)
+
+    server = grpc.aio.server(options=_channel_options())
+    synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
+        SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
+    health_servicer = await _add_health(server)
+    reflection.enable_server_reflection(
+        (SYNTHESIZER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{_bracket(settings.host)}:{settings.port}")
+    await server.start()
+    app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer)
+    _LOGGER.info("ready on %s (voice %s, pool %d, %.1f s to start)", app.address,
+                 voices.default.name, settings.pool_size, time.monotonic() - started)
+    return app
+
+
+async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await servicer.set(SYNTHESIZER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ]
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,104 @@
+"""Server settings: one frozen dataclass, filled from CLI flags by __main__.
+
+Every module receives the `Settings` (or the part it needs) instead of reading
+flags or the environment itself, so tests build settings in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+def _default_pool_size() -> int:
+    # One inference in flight per core: a run uses one intra-op thread, so
+    # this fills the machine without oversubscribing it.
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told at start-up."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. Loopback unless told otherwise."""
+
+    port: int = 50051
+    """TCP port; 0 picks a free one (printed in the ready line)."""
+
+    voice: str = ""
+    """Default voice name; empty means the bundled en_US-joe-medium."""
+
+    voice_dir: Optional[Path] = None
+    """Directory of extra Piper voices (*.onnx + *.onnx.json)."""
+
+    device: str = "auto"
+    """Inference device: "auto" (CUDA when available, else CPU), "cpu", "cuda"."""
+
+    cuda_device_id: int = 0
+    """GPU index for the CUDA provider."""
+
+    gpu_mem_limit_mb: int = 0
+    """Cap of the CUDA arena in MiB; 0 = no cap."""
+
+    pool_size: int = field(default_factory=_default_pool_size)
+    """Inference runs in flight at once, over all sessions (default: cores)."""
+
+    sessions: int = 1
+    """ONNX Runtime sessions per voice; runs share them (ORT run is thread-safe)."""
+
+    intra_op_threads: int = 1
+    """Threads one run may use; parallelism comes from pool_size instead."""
+
+    inter_op_threads: int = 1
+    """Threads for parallel graph branches (sequential execution uses one)."""
+
+    allow_spinning: bool = False
+    """Let idle ORT threads spin; off because spinning steals cores from other runs."""
+
+    cpu_mem_arena: bool = True
+    """Use ONNX Runtime's CPU memory arena (faster; holds peak activation memory)."""
+
+    max_queue: int = 64
+    """Calls admitted beyond pool_size; more get RESOURCE_EXHAUSTED at once."""
+
+    max_chars: int = 10_000
+    """Longest request text, in characters."""
+
+    max_phonemes_per_chunk: int = 400
+    """Cap on phonemes in one inference, so a huge sentence cannot blow up memory."""
+
+    first_chunk_phonemes: int = 60
+    """Target length of a request's first inference; short = fast first audio."""
+
+    lookahead_chunks: int = 2
+    """Inferences one stream may have queued or running at once."""
+
+    grace_s: float = 10.0
+    """On SIGTERM, how long in-flight calls may run before the server stops."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    def __post_init__(self):
+        _check_range("port", self.port, 0, 65535)
+        _check_range("pool_size", self.pool_size, 1, 256)
+        _check_range("sessions", self.sessions, 1, 64)
+        _check_range("intra_op_threads", self.intra_op_threads, 0, 256)
+        _check_range("inter_op_threads", self.inter_op_threads, 0, 256)
+        _check_range("max_queue", self.max_queue, 0, 100_000)
+        _check_range("max_chars", self.max_chars, 1, 10_000_000)
+        _check_range("max_phonemes_per_chunk", self.max_phonemes_per_chunk, 16, 100_000)
+        _check_range("first_chunk_phonemes", self.first_chunk_phonemes, 8, 100_000)
+        _check_range("lookahead_chunks", self.lookahead_chunks, 1, 64)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be between {low} and {high}, got {value}")

@@ -1,0 +1,62 @@
+"""Domain errors, each carrying the gRPC status code it maps to.
+
+Modules below the servicer raise these; service.py turns them into
+`context.abort(code, message)`. Anything else that escapes is a bug and
+becomes INTERNAL.
+"""
+
+import grpc
+
+
+class SpeakstreamError(Exception):
+    """Base class: an error with a gRPC status code and a user-facing message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(SpeakstreamError):
+    """A request field is missing or out of range; the message names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(SpeakstreamError):
+    """A named voice or speaker does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Overloaded(SpeakstreamError):
+    """The admission queue is full; retry later or elsewhere."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(SpeakstreamError):
+    """The call's deadline passed before its work could finish."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(SpeakstreamError):
+    """The server is draining and takes no new calls."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class InferenceFailed(SpeakstreamError):
+    """A model session failed while running this call; the pool replaces it."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class VoiceLoadError(Exception):
+    """A voice's model or config file is missing or unreadable (start-up error)."""

@@ -1,0 +1,208 @@
+"""Text frontend: normalize, split into sentences, phonemize, cut into inference segments.
+
+Phonemes come from espeak-ng through piper-phonemize, the frontend Piper voices
+were trained with, so the ids match training exactly (checked against
+shared/vectors in the tests). Sentences are split here, the way espeak-ng
+splits them, so each sentence can be phonemized on its own (lazily, as the
+stream needs it) and keep the text span it came from.
+
+A sentence longer than a segment allows is cut at a clause mark, else at a
+word boundary. A request's first segment is cut short on purpose: the time
+to first audio is the time to synthesize that segment.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from piper_phonemize import phonemize_espeak
+
+from server.voices import VoiceConfig
+
+_BOS, _EOS, _PAD = "^", "$", "_"
+_CLAUSE_MARKS = frozenset(",;:")
+
+# A sentence ends after . ! or ? (and any closing quotes or brackets) followed
+# by whitespace, or at a blank line. A "." followed by a lowercase word is an
+# abbreviation or an ellipsis, not an end ("Wait... what", "St. in"); espeak-ng
+# makes the same call.
+_SENTENCE_END = re.compile(
+    r"""(?:[.!?]+["'”’)\]]*(?P<ws>\s+)(?P<next>\S)?)|(?:\n[ \t\r\f\v]*\n\s*)"""
+)
+
+# espeak-ng is one global C state: calls from several threads must not overlap.
+_ESPEAK_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One inference: phoneme ids for the model and what text they speak."""
+
+    ids: tuple[int, ...]
+    """Model input: ^ _ p1 _ p2 _ ... $ as the voice's id map gives them."""
+    phonemes: str
+    """The phonemes, for logs and tests."""
+    span: tuple[int, int]
+    """Character offsets of the request text this segment speaks."""
+    sentence_index: int
+    """Which sentence of the request this segment belongs to, from 0."""
+    ends_sentence: bool
+    """True for the last segment of a sentence (silence may follow it)."""
+
+
+def normalize(text: str) -> str:
+    """Replace control and format characters with spaces, keeping every offset.
+
+    The result has the same length as the input, so spans computed on it are
+    spans of what the client sent.
+    """
+    return "".join(_normalize_char(c) for c in text)
+
+
+def _normalize_char(char: str) -> str:
+    if char in "\n\t":
+        return char
+    if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+        return "\n" if char in "\r\u2028\u2029" else " "
+    return char
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Spans of the sentences in `text`; each span keeps its trailing whitespace."""
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.group("ws") is not None and not _is_sentence_end(match):
+            continue
+        end = match.end("ws") if match.group("ws") is not None else match.end()
+        if text[start:end].strip():
+            spans.append((start, end))
+        start = end
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
+
+
+def _is_sentence_end(match: re.Match) -> bool:
+    """Whether punctuation + whitespace ends a sentence, as espeak-ng decides."""
+    marks = match.group(0)[: match.start("ws") - match.start()].rstrip("\"'”’)]")
+    if marks.endswith(".."):
+        return False  # an ellipsis continues the sentence
+    nxt = match.group("next")
+    return not (marks.endswith(".") and nxt is not None and nxt.islower())
+
+
+def phonemize(text: str, espeak_voice: str) -> list[list[str]]:
+    """espeak-ng phonemes of `text`, one list per sentence, empty sentences dropped."""
+    with _ESPEAK_LOCK:
+        sentences = phonemize_espeak(text, espeak_voice)
+    return [s for s in sentences if s]
+
+
+def phoneme_ids(phonemes: Sequence[str], id_map) -> tuple[int, ...]:
+    """Piper's id rule: ^ _ then each phoneme followed by _, then $.
+
+    Phonemes the voice does not know are dropped, as Piper does.
+    """
+    pad = id_map[_PAD]
+    ids = list(id_map[_BOS]) + list(pad)
+    for phoneme in phonemes:
+        mapped = id_map.get(phoneme)
+        if mapped is not None:
+            ids.extend(mapped)
+            ids.extend(pad)
+    ids.extend(id_map[_EOS])
+    return tuple(ids)
+
+
+class Frontend:
+    """Turns request text into a lazy stream of inference segments."""
+
+    def __init__(self, max_phonemes_per_chunk: int = 400, first_chunk_phonemes: int = 60):
+        """:param first_chunk_phonemes: target size of a request's first segment."""
+        self.max_phonemes = max_phonemes_per_chunk
+        self.first_phonemes = min(first_chunk_phonemes, max_phonemes_per_chunk)
+
+    def segments(self, text: str, config: VoiceConfig) -> Iterator[Segment]:
+        """Segments of `text` in speaking order; phonemizes one sentence per step."""
+        text = normalize(text)
+        index = 0
+        for start, end in split_sentences(text):
+            for phonemes in phonemize(text[start:end], config.espeak_voice):
+                first = index == 0
+                yield from self._cut(phonemes, text, (start, end), index, first, config)
+                index += 1
+
+    def _cut(self, phonemes, text, span, index, first, config) -> Iterator[Segment]:
+        pieces = cut_phonemes(phonemes, self.first_phonemes if first else self.max_phonemes,
+                              self.max_phonemes)
+        spans = _split_span(text, span, [len(p) for p in pieces], pieces)
+        for n, (piece, piece_span) in enumerate(zip(pieces, spans)):
+            yield Segment(
+                ids=phoneme_ids(piece, config.phoneme_id_map),
+                phonemes="".join(piece),
+                span=piece_span,
+                sentence_index=index,
+                ends_sentence=n == len(pieces) - 1,
+            )
+
+
+def cut_phonemes(phonemes: list[str], first_limit: int, limit: int) -> list[list[str]]:
+    """Cut a sentence's phonemes into pieces: the first at most `first_limit`, the rest `limit`.
+
+    Cuts fall after a clause mark when one is in the second half of the
+    window, else after the last word boundary in it, else at the limit.
+    """
+    pieces, rest, window = [], phonemes, first_limit
+    while len(rest) > window:
+        cut = _cut_point(rest, window)
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+        window = limit
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def _cut_point(phonemes: list[str], window: int) -> int:
+    """Where to cut `phonemes` (longer than `window`): an index in 1..window."""
+    word_cut = 0
+    for i in range(window, window // 2, -1):
+        if phonemes[i - 1] in _CLAUSE_MARKS and (i == len(phonemes) or phonemes[i] == " "):
+            return i + 1 if i < len(phonemes) else i  # keep the space with the clause
+    for i in range(window, 0, -1):
+        if phonemes[i - 1] == " ":
+            word_cut = i
+            break
+    return word_cut or window
+
+
+def _split_span(text, span, lengths, pieces) -> list[tuple[int, int]]:
+    """Give each piece of a sentence a sub-span of the sentence's text.
+
+    espeak-ng does not report text positions, so a cut is placed in the text
+    at the same fraction of the sentence as in the phonemes, then moved to
+    the nearest whitespace so a span never splits a word.
+    """
+    start, end = span
+    if len(lengths) == 1:
+        return [span]
+    total, spans, done, cursor = sum(lengths), [], 0, start
+    for length in lengths[:-1]:
+        done += length
+        cut = _snap_to_space(text, start + round((end - start) * done / total), cursor, end)
+        spans.append((cursor, cut))
+        cursor = cut
+    spans.append((cursor, end))
+    return spans
+
+
+def _snap_to_space(text: str, pos: int, low: int, high: int) -> int:
+    for delta in range(0, high - low):
+        for candidate in (pos + delta, pos - delta):
+            if low < candidate < high and text[candidate - 1].isspace():
+                return candidate
+    return min(max(pos, low), high)

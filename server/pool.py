@@ -1,0 +1,232 @@
+"""ONNX Runtime sessions for each voice: providers, session options, runs, healing.
+
+One session holds a voice's weights once (~90 MB for a medium voice); ORT's
+`run` is thread-safe and releases the GIL, so several runs share a session
+and the scheduler's slots, not the session count, set the parallelism.
+A session whose run fails (other than by cancellation) is replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from server.config import Settings
+from server.errors import InferenceFailed
+from server.voices import Voice
+
+_LOGGER = logging.getLogger(__name__)
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def providers_for(settings: Settings, available: Sequence[str]) -> list[tuple[str, dict]]:
+    """The provider list (name, options) for `settings.device` given ORT's available providers.
+
+    "auto" takes CUDA when ORT offers it; "cuda" demands it. CPU is always
+    last, so nodes CUDA cannot run still have a home.
+    """
+    cpu = (_CPU, {})
+    if settings.device == "cpu":
+        return [cpu]
+    if _CUDA not in available:
+        if settings.device == "cuda":
+            raise RuntimeError("--device cuda: this onnxruntime build has no CUDAExecutionProvider")
+        return [cpu]
+    if settings.device == "auto" and not has_cuda_driver():
+        return [cpu]
+    return [(_CUDA, cuda_options(settings)), cpu]
+
+
+def has_cuda_driver() -> bool:
+    """Whether the NVIDIA driver library loads, i.e. a GPU can be there at all.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even on machines without a
+    GPU; asking it for one there only produces loader errors.
+    """
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def cuda_options(settings: Settings) -> dict:
+    """CUDA provider options: grow the arena by powers of two, search conv algorithms once."""
+    options = {
+        "device_id": str(settings.cuda_device_id),
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "do_copy_in_default_stream": "1",
+    }
+    if settings.gpu_mem_limit_mb:
+        options["gpu_mem_limit"] = str(settings.gpu_mem_limit_mb * 1024 * 1024)
+    return options
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """Session options for inference on a shared machine (see docs/ARCHITECTURE.md)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.enable_cpu_mem_arena = settings.cpu_mem_arena
+    # Spinning idle threads burn the core another session's run needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    # Warnings include "nodes placed on CPU" under CUDA (Memcpy slowdowns).
+    opts.log_severity_level = 2
+    return opts
+
+
+@dataclass
+class SessionSlot:
+    """One ORT session with its counters."""
+
+    session: ort.InferenceSession
+    index: int
+    provider: str
+    runs: int = 0
+    failures: int = 0
+    busy_s: float = 0.0
+    in_flight: int = 0
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class Scales:
+    """The three VITS scales, as the model takes them."""
+
+    noise_scale: float
+    length_scale: float
+    noise_w: float
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.noise_scale, self.length_scale, self.noise_w], dtype=np.float32)
+
+
+class VoiceSessions:
+    """The sessions of one voice; runs go to the least busy one."""
+
+    def __init__(self, voice: Voice, settings: Settings):
+        self.voice = voice
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self.slots = [self._load() for _ in range(settings.sessions)]
+        self._has_sid = "sid" in {i.name for i in self.slots[0].session.get_inputs()}
+
+    def _load(self) -> SessionSlot:
+        available = ort.get_available_providers()
+        providers = providers_for(self._settings, available)
+        session = ort.InferenceSession(
+            str(self.voice.model_path),
+            sess_options=session_options(self._settings),
+            providers=[name for name, _ in providers],
+            provider_options=[opts for _, opts in providers],
+        )
+        active = session.get_providers()[0]
+        wanted = providers[0][0]
+        if active != wanted:
+            _LOGGER.warning("voice %s: %s failed to start, running on %s", self.voice.name, wanted, active)
+        elif self._settings.device == "auto" and active == _CPU:
+            _LOGGER.info("voice %s: no CUDA device, running on the CPU", self.voice.name)
+        return SessionSlot(session=session, index=next(self._counter), provider=active)
+
+    def run(self, ids: Sequence[int], scales: Scales, speaker_id: int,
+            run_options: Optional[ort.RunOptions] = None) -> np.ndarray:
+        """Synthesize one segment; blocking, call from a worker thread. Returns float32 audio."""
+        slot = self._pick()
+        feeds = self._feeds(ids, scales, speaker_id)
+        start = time.monotonic()
+        try:
+            audio = slot.session.run(None, feeds, run_options)[0]
+        except Exception as exc:
+            self._after_run(slot, time.monotonic() - start, failed=not _terminated(run_options))
+            if _terminated(run_options):
+                raise
+            raise InferenceFailed(f"inference failed on voice {self.voice.name}: {exc}") from exc
+        self._after_run(slot, time.monotonic() - start, failed=False)
+        return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)
+
+    def _feeds(self, ids, scales: Scales, speaker_id: int) -> dict:
+        feeds = {
+            "input": np.asarray(ids, dtype=np.int64)[np.newaxis, :],
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": scales.as_array(),
+        }
+        if self._has_sid:
+            feeds["sid"] = np.array([speaker_id], dtype=np.int64)
+        return feeds
+
+    def _pick(self) -> SessionSlot:
+        with self._lock:
+            slot = min(self.slots, key=lambda s: s.in_flight)
+            slot.in_flight += 1
+            return slot
+
+    def _after_run(self, slot: SessionSlot, seconds: float, failed: bool) -> None:
+        with self._lock:
+            slot.in_flight -= 1
+            slot.runs += 1
+            slot.busy_s += seconds
+            if failed:
+                slot.failures += 1
+        if failed:
+            self._replace(slot)
+
+    def _replace(self, broken: SessionSlot) -> None:
+        """Swap a failed session for a fresh one; runs still on the old one finish there."""
+        with self._lock:
+            if broken.retired:
+                return
+            broken.retired = True
+        try:
+            fresh = self._load()
+        except Exception:  # keep serving with the old session rather than none
+            _LOGGER.exception("voice %s: could not reload session %d", self.voice.name, broken.index)
+            broken.retired = False
+            return
+        with self._lock:
+            self.slots[self.slots.index(broken)] = fresh
+        _LOGGER.warning("voice %s: replaced failed session %d with %d",
+                        self.voice.name, broken.index, fresh.index)
+
+
+def _terminated(run_options: Optional[ort.RunOptions]) -> bool:
+    return run_options is not None and run_options.terminate
+
+
+class SessionPool:
+    """Sessions per voice, loaded on first use (the default voice at start-up)."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._voices: dict[str, VoiceSessions] = {}
+        self._lock = threading.Lock()
+
+    def sessions(self, voice: Voice) -> VoiceSessions:
+        """The sessions of `voice`, loading them if needed (blocking; call off the loop)."""
+        with self._lock:
+            loaded = self._voices.get(voice.name)
+            if loaded is None:
+                loaded = self._voices[voice.name] = VoiceSessions(voice, self._settings)
+            return loaded
+
+    def loaded(self, voice: Voice) -> Optional[VoiceSessions]:
+        """The sessions of `voice` if already loaded, else None (non-blocking)."""
+        return self._voices.get(voice.name)
+
+    def all(self) -> list[VoiceSessions]:
+        """Every loaded voice's sessions."""
+        return list(self._voices.values())

@@ -1,0 +1,187 @@
+"""The Synthesizer servicer: protobuf in and out, domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import AsyncIterator, Optional
+
+import grpc
+import numpy as np
+
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+
+from server import options as opts
+from server.config import Settings
+from server.encoding import Encoding, bytes_per_sample, encode_pcm, encode_wav
+from server.errors import InvalidArgument, SpeakstreamError
+from server.scheduler import Scheduler
+from server.synthesis import AudioPiece, Synthesizer
+from server.voices import VoiceRegistry
+
+_LOGGER = logging.getLogger(__name__)
+
+_ENCODINGS = {
+    pb.AUDIO_ENCODING_UNSPECIFIED: Encoding.LINEAR16,
+    pb.AUDIO_ENCODING_LINEAR16: Encoding.LINEAR16,
+    pb.AUDIO_ENCODING_FLOAT32: Encoding.FLOAT32,
+    pb.AUDIO_ENCODING_WAV: Encoding.WAV,
+}
+_PROTO_ENCODINGS = {
+    Encoding.LINEAR16: pb.AUDIO_ENCODING_LINEAR16,
+    Encoding.FLOAT32: pb.AUDIO_ENCODING_FLOAT32,
+    Encoding.WAV: pb.AUDIO_ENCODING_WAV,
+}
+
+
+class SynthesizerServicer(pb_grpc.SynthesizerServicer):
+    """speakstream.v1.Synthesizer on top of the Synthesizer pipeline."""
+
+    def __init__(self, settings: Settings, voices: VoiceRegistry,
+                 synthesizer: Synthesizer, scheduler: Scheduler):
+        self._settings = settings
+        self._voices = voices
+        self._synth = synthesizer
+        self._scheduler = scheduler
+
+    async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
+        """Whole audio in one message (WAV, LINEAR16 or FLOAT32)."""
+        async with _status_on_error(context):
+            options = self._options(request, streaming=False)
+            with self._scheduler.admit():
+                pieces = [p async for p in self._synth.stream(options, _deadline(context))]
+            audio = np.concatenate([p.audio for p in pieces])
+            return pb.SynthesizeResponse(
+                audio=_encode_whole(audio, options),
+                encoding=_PROTO_ENCODINGS[options.encoding],
+                sample_rate_hz=options.sample_rate,
+                num_samples=audio.size,
+                sentences=_sentence_spans(pieces),
+            )
+
+    async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
+        """Audio chunks as they are synthesized."""
+        async with _status_on_error(context):
+            options = self._options(request, streaming=True)
+            with self._scheduler.admit():
+                chunker = _ChunkWriter(options)
+                async with contextlib.aclosing(self._synth.stream(options, _deadline(context))) as stream:
+                    async for piece in stream:
+                        for chunk in chunker.chunks(piece):
+                            yield chunk
+
+    async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
+        """Every voice with its language, rate, speakers and quality."""
+        default = self._voices.default.name
+        return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
+
+    def _options(self, request: pb.SynthesizeRequest, streaming: bool) -> opts.SynthesisOptions:
+        text = opts.check_text(request.text, self._settings.max_chars)
+        voice = self._voices.get(request.voice)
+        encoding = _encoding(request.encoding, streaming)
+        if request.sample_rate_hz not in (0, voice.config.sample_rate):
+            raise InvalidArgument("sample_rate_hz", f"voice {voice.name} speaks at "
+                                  f"{voice.config.sample_rate} Hz; resampling is not supported yet")
+        return opts.SynthesisOptions(
+            text=text,
+            voice=voice,
+            speaker_id=opts.check_speaker(voice, _optional(request, "speaker_id")),
+            scales=opts.scales_for(voice, _optional(request, "speed"),
+                                   _optional(request, "noise_scale"), _optional(request, "noise_w")),
+            sentence_silence_s=_silence(request),
+            encoding=encoding,
+            chunk_ms=opts.check_chunk_ms(request.chunk_ms),
+        )
+
+
+class _ChunkWriter:
+    """Turns audio pieces into AudioChunk messages with running offsets."""
+
+    def __init__(self, options: opts.SynthesisOptions):
+        self._options = options
+        self._sequence = 0
+        self._offset = 0
+        rate = options.sample_rate
+        self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
+
+    def chunks(self, piece: AudioPiece):
+        """One or more AudioChunk messages for `piece` (split by chunk_ms)."""
+        step = self._max_samples or max(piece.audio.size, 1)
+        starts = range(0, max(piece.audio.size, 1), step)
+        for i, start in enumerate(starts):
+            audio = piece.audio[start:start + step]
+            yield pb.AudioChunk(
+                audio=encode_pcm(audio, self._options.encoding),
+                sequence=self._sequence,
+                sample_offset=self._offset,
+                num_samples=audio.size,
+                sample_rate_hz=self._options.sample_rate,
+                encoding=_PROTO_ENCODINGS[self._options.encoding],
+                text_span=pb.TextSpan(start=piece.span[0], end=piece.span[1]),
+                sentence_index=piece.sentence_index,
+                final=piece.final and i == len(starts) - 1,
+            )
+            self._sequence += 1
+            self._offset += audio.size
+
+
+@contextlib.asynccontextmanager
+async def _status_on_error(context):
+    """Abort the call with the error's status code; unexpected errors become INTERNAL."""
+    try:
+        yield
+    except SpeakstreamError as exc:
+        await context.abort(exc.code, str(exc))
+    except Exception:
+        _LOGGER.exception("unexpected error in call")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def _deadline(context) -> Optional[float]:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _optional(request, field: str):
+    return getattr(request, field) if request.HasField(field) else None
+
+
+def _silence(request) -> float:
+    value = _optional(request, "sentence_silence_s")
+    if value is None:
+        return opts.DEFAULT_SENTENCE_SILENCE_S
+    return opts.check_range("sentence_silence_s", value, opts.SILENCE_RANGE_S)
+
+
+def _encoding(value: int, streaming: bool) -> Encoding:
+    encoding = _ENCODINGS.get(value)
+    if encoding is None:
+        raise InvalidArgument("encoding", f"unsupported encoding {value}")
+    if streaming and encoding is Encoding.WAV:
+        raise InvalidArgument("encoding", "AUDIO_ENCODING_WAV is for Synthesize; "
+                              "stream LINEAR16 or FLOAT32")
+    return encoding
+
+
+def _encode_whole(audio: np.ndarray, options: opts.SynthesisOptions) -> bytes:
+    if options.encoding is Encoding.WAV:
+        return encode_wav(audio, options.sample_rate)
+    return encode_pcm(audio, options.encoding)
+
+
+def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:
+    spans: dict[int, list[int]] = {}
+    for piece in pieces:
+        span = spans.setdefault(piece.sentence_index, [piece.span[0], piece.span[1]])
+        span[1] = max(span[1], piece.span[1])
+    return [pb.TextSpan(start=s, end=e) for s, e in spans.values()]
+
+
+def _voice_proto(voice, is_default: bool) -> pb.Voice:
+    cfg = voice.config
+    speakers = [pb.Speaker(id=i, name=n) for n, i in sorted(cfg.speaker_id_map.items(), key=lambda kv: kv[1])]
+    return pb.Voice(name=voice.name, language=cfg.language, sample_rate_hz=cfg.sample_rate,
+                    num_speakers=cfg.num_speakers, quality=cfg.quality,
+                    is_default=is_default, speakers=speakers)

@@ -1,0 +1,148 @@
+"""Request to audio: the streaming pipeline.
+
+For one call: the frontend yields segments one sentence at a time (on its
+own thread, espeak-ng is not thread-safe); up to `lookahead_chunks` segments
+are queued on the scheduler at once, so the next one synthesizes while the
+previous one streams; audio leaves in order as float32 pieces. Leaving the
+generator early (cancel, deadline, error) cancels every queued or running
+inference of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterator, Optional
+
+import numpy as np
+
+from server.config import Settings
+from server.frontend import Frontend, Segment
+from server.options import SynthesisOptions
+from server.pool import SessionPool, VoiceSessions
+from server.scheduler import Job, Scheduler
+
+_LOGGER = logging.getLogger(__name__)
+
+# A first guess of audio per phoneme at speed 1, to know when a stream's
+# later segments fall due before their audio exists; refined by measurement.
+_SECONDS_PER_PHONEME = 0.065
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """Audio of one segment (float32, mono), with the text it speaks."""
+
+    audio: np.ndarray
+    span: tuple[int, int]
+    sentence_index: int
+    final: bool
+
+
+@dataclass
+class _Pending:
+    segment: Segment
+    job: Job
+
+
+class Synthesizer:
+    """Owns the frontend thread and turns validated requests into audio streams."""
+
+    def __init__(self, settings: Settings, pool: SessionPool, scheduler: Scheduler):
+        self._settings = settings
+        self._pool = pool
+        self._scheduler = scheduler
+        self._frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
+        self._frontend_thread = ThreadPoolExecutor(1, thread_name_prefix="frontend")
+
+    def close(self) -> None:
+        """Stop the frontend thread."""
+        self._frontend_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def stream(self, options: SynthesisOptions,
+                     deadline: Optional[float] = None) -> AsyncIterator[AudioPiece]:
+        """Audio pieces of `options.text` in order; the last has `final` set.
+
+        :param deadline: time.monotonic() after which queued work is dropped.
+        """
+        sessions = await self._sessions(options)
+        segments = self._frontend.segments(options.text, options.voice.config)
+        call = _Call(self, sessions, options, segments, deadline)
+        try:
+            async for piece in call.run():
+                yield piece
+        finally:
+            call.cancel_all()
+
+    async def _sessions(self, options: SynthesisOptions) -> VoiceSessions:
+        loaded = self._pool.loaded(options.voice)
+        if loaded is not None:
+            return loaded
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._pool.sessions, options.voice)
+
+    async def next_segment(self, segments: Iterator[Segment]) -> Optional[Segment]:
+        """The next segment, phonemized on the frontend thread; None at the end."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._frontend_thread, next, segments, None)
+
+
+class _Call:
+    """State of one streaming call: segments in flight and audio produced."""
+
+    def __init__(self, synth: Synthesizer, sessions: VoiceSessions,
+                 options: SynthesisOptions, segments: Iterator[Segment], deadline):
+        self._synth = synth
+        self._sessions = sessions
+        self._options = options
+        self._segments = segments
+        self._deadline = deadline
+        self._pending: deque[_Pending] = deque()
+        self._exhausted = False
+        self._arrival = time.monotonic()
+        self._audio_s_ahead = 0.0  # produced + estimated for what is queued
+        self._seconds_per_phoneme = _SECONDS_PER_PHONEME * options.scales.length_scale
+        self._silence = np.zeros(round(options.sentence_silence_s * options.sample_rate), np.float32)
+
+    async def run(self) -> AsyncIterator[AudioPiece]:
+        await self._fill()
+        while self._pending:
+            pending = self._pending.popleft()
+            audio = await pending.job.future
+            await self._fill()
+            yield self._piece(pending.segment, audio)
+
+    def _piece(self, segment: Segment, audio: np.ndarray) -> AudioPiece:
+        final = not self._pending and self._exhausted
+        if segment.ends_sentence and not final and self._silence.size:
+            audio = np.concatenate((audio, self._silence))
+        return AudioPiece(audio=audio, span=segment.span,
+                          sentence_index=segment.sentence_index, final=final)
+
+    async def _fill(self) -> None:
+        """Queue segments until `lookahead_chunks` are in flight or the text is done."""
+        while not self._exhausted and len(self._pending) < self._synth._settings.lookahead_chunks:
+            segment = await self._synth.next_segment(self._segments)
+            if segment is None:
+                self._exhausted = True
+                return
+            self._pending.append(_Pending(segment, self._submit(segment)))
+
+    def _submit(self, segment: Segment) -> Job:
+        # Due when the audio queued before it would have played out, counted
+        # from arrival: the first segment is due at once.
+        due = self._arrival + self._audio_s_ahead
+        self._audio_s_ahead += len(segment.phonemes) * self._seconds_per_phoneme
+        sessions, opts = self._sessions, self._options
+        return self._synth._scheduler.submit(
+            lambda run_options: sessions.run(segment.ids, opts.scales, opts.speaker_id, run_options),
+            due=due, deadline=self._deadline)
+
+    def cancel_all(self) -> None:
+        """Cancel every queued or running inference of this call."""
+        while self._pending:
+            self._pending.popleft().job.cancel()

@@ -1,0 +1,88 @@
+"""The frontend speaks to the model as Piper's training-time frontend did."""
+
+import pytest
+from piper_phonemize import phonemize_espeak
+
+from server.frontend import Frontend, cut_phonemes, normalize, phoneme_ids, split_sentences
+from server.voices import bundled_voice
+
+
+@pytest.fixture(scope="module")
+def voice_config():
+    return bundled_voice().config
+
+
+def _uncut_frontend() -> Frontend:
+    return Frontend(max_phonemes_per_chunk=100_000, first_chunk_phonemes=100_000)
+
+
+def test_frontend_reproduces_every_reference_vector(phoneme_vectors, voice_config):
+    frontend = _uncut_frontend()
+    assert len(phoneme_vectors["cases"]) >= 20
+    for case in phoneme_vectors["cases"]:
+        segments = list(frontend.segments(case["text"], voice_config))
+        assert [s.phonemes for s in segments] == [s["phonemes"] for s in case["sentences"]], case["text"]
+        assert [list(s.ids) for s in segments] == [s["ids"] for s in case["sentences"]], case["text"]
+
+
+@pytest.mark.parametrize("text", [
+    "Yes! no way.", "Hello\n\nWorld again", "Hello\nWorld", "It is 3. Then go.",
+    'He said "Stop." Then left.', "End.) Next one.", "Really?! Yes.", "Mr. smith is here",
+    "I saw U.S. Army troops.", "Go!!! Now.", "Hi.\tThere", "one\u2026 Two", "Wait... What now?",
+    "e.g. this one. And that.", "Stop.\n\n\nGo on", "It's 5 p.m. Then we go.",
+])
+def test_sentence_split_agrees_with_espeak_on_the_whole_text(text, voice_config):
+    whole = ["".join(s) for s in phonemize_espeak(text, "en-us") if s]
+    pieces = [s.phonemes for s in _uncut_frontend().segments(text, voice_config)]
+    assert pieces == whole
+
+
+def test_sentence_spans_cover_the_text_without_gaps():
+    text = "One two. Three four!  Five six?\n\nSeven."
+    spans = split_sentences(text)
+    assert [text[a:b].strip() for a, b in spans] == ["One two.", "Three four!", "Five six?", "Seven."]
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_normalize_keeps_length_and_replaces_controls():
+    text = "a\x00b\u200bc\rd\te\nf"
+    out = normalize(text)
+    assert len(out) == len(text)
+    assert out == "a b c\nd\te\nf"
+
+
+def test_phoneme_ids_follow_pipers_rule(voice_config):
+    id_map = voice_config.phoneme_id_map
+    ids = phoneme_ids(["h", "ə"], id_map)
+    assert ids == (1, 0, *id_map["h"], 0, *id_map["ə"], 0, 2)
+
+
+def test_first_piece_is_cut_at_a_clause_mark_within_the_window():
+    phonemes = list("aaaa bbbb, cccc dddd eeee ffff.")
+    pieces = cut_phonemes(phonemes, first_limit=16, limit=100)
+    assert "".join(pieces[0]) == "aaaa bbbb, "
+    assert sum(pieces, []) == phonemes
+
+
+def test_cut_falls_back_to_a_word_boundary_then_a_hard_cut():
+    words = list("aaaa bbbb cccc dddd")
+    pieces = cut_phonemes(words, first_limit=12, limit=12)
+    assert "".join(pieces[0]) == "aaaa bbbb "
+    assert sum(pieces, []) == words
+    solid = list("x" * 30)
+    assert [len(p) for p in cut_phonemes(solid, 10, 10)] == [10, 10, 10]
+
+
+def test_long_sentence_is_cut_into_capped_segments_with_ordered_spans(voice_config):
+    text = " ".join(["word"] * 300) + "."
+    frontend = Frontend(max_phonemes_per_chunk=120, first_chunk_phonemes=40)
+    segments = list(frontend.segments(text, voice_config))
+    assert len(segments) > 3
+    assert len(segments[0].phonemes) <= 40
+    assert all(len(s.phonemes) <= 120 for s in segments)
+    assert "".join(s.phonemes for s in segments) == "".join(phonemize_espeak(text, "en-us")[0])
+    assert [s.span for s in segments] == sorted(s.span for s in segments)
+    assert segments[0].span[0] == 0 and segments[-1].span[1] == len(text)
+    assert all(a.span[1] == b.span[0] for a, b in zip(segments, segments[1:]))
+    assert [s.ends_sentence for s in segments] == [False] * (len(segments) - 1) + [True]
