@@ -75,6 +75,7 @@ def _block_size_changer(name: str):
         raise TypeError(f"a Block has a fixed size; {name}() is not allowed")
 
     refuse.__name__ = name
+    refuse.__doc__ = f"Refused: a Block has a fixed size (bytearray.{name} would resize it)."
     return refuse
 
 

@@ -923,7 +923,9 @@ cdef object _convert(object src, object out, Py_ssize_t src_width, char src_code
     """Shared frame of both conversions: buffers, checks, kernel, GIL policy."""
     cdef Py_buffer sview, oview
     cdef Py_ssize_t nsamples
-    PyObject_GetBuffer(src, &sview, PyBUF_SIMPLE | PyBUF_FORMAT)
+    # ND, not SIMPLE: a memoryview refuses FORMAT without a shape. Asking for
+    # a shape but no strides still requires a C-contiguous exporter.
+    PyObject_GetBuffer(src, &sview, PyBUF_ND | PyBUF_FORMAT)
     try:
         _check_format(&sview, src_code, "src")
         if sview.len % src_width:
@@ -931,7 +933,7 @@ cdef object _convert(object src, object out, Py_ssize_t src_width, char src_code
         nsamples = sview.len // src_width
         if out is None:
             out = PyByteArray_FromStringAndSize(NULL, nsamples * out_width)
-        PyObject_GetBuffer(out, &oview, PyBUF_SIMPLE | PyBUF_FORMAT | PyBUF_WRITABLE)
+        PyObject_GetBuffer(out, &oview, PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE)
         try:
             _check_format(&oview, out_code, "out")
             if oview.len != nsamples * out_width:
