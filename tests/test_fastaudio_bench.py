@@ -1,0 +1,27 @@
+"""The fastaudio benchmark runs and reports every operation of both implementations."""
+
+import json
+
+import pytest
+
+from clients import bench_fastaudio
+
+
+def test_benchmark_reports_every_operation_for_both_implementations():
+    pytest.importorskip("fastaudio._fastaudio", reason="extension not built")
+    result = bench_fastaudio.run(seconds_budget=0.01)
+    assert json.loads(json.dumps(result)) == result
+    assert result["implementations"] == ["cython", "numpy"]
+    assert result["repeats"] >= 5
+    for op in bench_fastaudio.OPS:
+        row = result["ops"][op]
+        assert row["cython_ns"] > 0 and row["numpy_ns"] > 0
+        assert row["speedup"] == pytest.approx(row["numpy_ns"] / row["cython_ns"], rel=0.01)
+    table = bench_fastaudio.format_table(result)
+    assert "ring write+read" in table and "target:" in table
+
+
+def test_benchmark_main_prints_json(capsys):
+    pytest.importorskip("fastaudio._fastaudio", reason="extension not built")
+    assert bench_fastaudio.main(["--budget", "0.01", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["ops"]) == set(bench_fastaudio.OPS)
