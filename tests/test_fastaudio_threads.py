@@ -6,6 +6,7 @@ for RingBuffer.writer_waiting, and every join has a timeout.
 
 import hashlib
 import importlib
+import statistics
 import threading
 import time
 
@@ -124,6 +125,24 @@ def test_a_blocked_writer_wakes_when_the_reader_frees_room(fa):
     rest = bytearray(4)
     assert ring.read_into(rest) == 4
     assert out + rest == b"abcdef"
+
+
+def test_a_blocked_writer_is_woken_by_the_read_not_by_polling(fa):
+    # A blocked write() also re-checks every 50 ms; a lost wake-up would show
+    # as ~50 ms of latency. The median over several trials resists noise.
+    latencies = []
+    for _ in range(15):
+        ring = fa.RingBuffer(2, 1)
+        ring.write(b"ab")
+        finished = []
+        writer = _Thread(lambda: finished.append((ring.write(b"c", None), time.monotonic())))
+        writer.start()
+        _wait_until(lambda: ring.writer_waiting, "the writer blocks")
+        read_at = time.monotonic()
+        ring.read_into(bytearray(1))
+        writer.outcome()
+        latencies.append(finished[0][1] - read_at)
+    assert statistics.median(latencies) < 0.02, latencies
 
 
 def test_a_blocked_writer_waits_for_enough_room_not_just_some(fa):
