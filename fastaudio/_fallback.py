@@ -37,8 +37,9 @@ __all__ = [
     "int16_to_float32",
 ]
 
-# Mirrors _CHUNKER_OWN_BLOCKS in _fastaudio.pxd.
+# Mirror _CHUNKER_OWN_BLOCKS and _WAIT_SLICE_US in _fastaudio.pxd.
 _CHUNKER_OWN_BLOCKS = 8
+_WAIT_SLICE_S = 0.05
 _FLT_MAX = float(np.finfo(np.float32).max)
 _NATIVE_PREFIXES = ("@", "=", "<") if sys.byteorder == "little" else ("@", "=")
 
@@ -248,7 +249,7 @@ class RingBuffer:
 
     def write(self, data: object, timeout: float | None = 0.0) -> int:
         """Copy all of ``data`` in, or nothing (RingFull / RingClosed / ValueError)."""
-        if timeout is not None and timeout < 0:
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
         src = _byte_view(data)
         nbytes = src.nbytes
@@ -290,7 +291,10 @@ class RingBuffer:
                 remaining = None if deadline is None else deadline - _monotonic()
                 if remaining is not None and remaining <= 0:
                     raise RingFull(self._full_message(nbytes))
-                self._cond.wait(remaining)
+                # Bounded slices, like the extension: Condition.wait() overflows
+                # on huge timeouts, and Ctrl-C is seen between slices.
+                self._cond.wait(_WAIT_SLICE_S if remaining is None
+                                else min(remaining, _WAIT_SLICE_S))
         finally:
             self._writer_waiting = False
 

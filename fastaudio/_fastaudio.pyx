@@ -459,7 +459,7 @@ cdef class RingBuffer:
         """
         cdef Py_buffer view
         cdef size_t nbytes
-        if timeout is not None and timeout < 0:
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
@@ -517,7 +517,8 @@ cdef class RingBuffer:
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     raise RingFull(self._full_message(nbytes))
-                slice_us = min(<long long>(remaining * 1e6) + 1, <long long>_WAIT_SLICE_US)
+                # Clamp as a double: a huge timeout must not overflow the cast.
+                slice_us = <long long>min(remaining * 1e6 + 1.0, <double>_WAIT_SLICE_US)
             self._sleep_until_woken(nbytes, slice_us)
             PyErr_CheckSignals()
 

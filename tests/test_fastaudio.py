@@ -356,9 +356,10 @@ def test_read_into_a_read_only_buffer_raises_buffer_error(fa):
         ring.read_into(b"1234")
 
 
-def test_negative_timeout_is_rejected(fa):
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan")])
+def test_negative_or_nan_timeout_is_rejected(fa, timeout):
     with pytest.raises(ValueError, match="timeout"):
-        fa.RingBuffer(4, 1).write(b"a", timeout=-1)
+        fa.RingBuffer(4, 1).write(b"a", timeout=timeout)
 
 
 def test_write_and_read_accept_any_contiguous_buffer(fa):

@@ -115,10 +115,11 @@ def test_two_threads_move_over_10_mb_with_equal_checksums(fa, case):
     assert ring.underruns > 0  # the reader did outrun the writer: both sides raced
 
 
-def test_a_blocked_writer_wakes_when_the_reader_frees_room(fa):
+@pytest.mark.parametrize("timeout", [None, _JOIN_TIMEOUT, 1e300, float("inf")])
+def test_a_blocked_writer_wakes_when_the_reader_frees_room(fa, timeout):
     ring = fa.RingBuffer(4, 1)
     ring.write(b"abcd")
-    writer = _blocked_writer(ring, b"ef", _JOIN_TIMEOUT)
+    writer = _blocked_writer(ring, b"ef", timeout)
     out = bytearray(2)
     ring.read_into(out)
     assert writer.outcome() == 2
