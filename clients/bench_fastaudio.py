@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
@@ -56,7 +57,7 @@ def _network_chunks(total_frames: int) -> list[np.ndarray]:
     return chunks
 
 
-def _workloads(fa) -> dict[str, Callable[[], int]]:
+def _workloads(fa: ModuleType) -> dict[str, Callable[[], int]]:
     """One callable per operation; each runs a batch and returns frames processed."""
     frame = (np.random.default_rng(_SEED).standard_normal(FRAME_SAMPLES) * 0.3).astype(np.float32)
     pcm_frame = bytearray(FRAME_BYTES)
@@ -105,8 +106,8 @@ def _time_ns_per_frame(workload: Callable[[], int]) -> float:
     return (time.perf_counter_ns() - start) / frames
 
 
-def _load_implementations() -> dict[str, object]:
-    loaded = {}
+def _load_implementations() -> dict[str, ModuleType]:
+    loaded: dict[str, ModuleType] = {}
     for name, module in IMPLEMENTATIONS.items():
         try:
             loaded[name] = importlib.import_module(module)
@@ -115,13 +116,14 @@ def _load_implementations() -> dict[str, object]:
     return loaded
 
 
-def _measure(loaded: dict[str, object], seconds_budget: float) -> tuple[dict, int]:
+def _measure(loaded: dict[str, ModuleType],
+             seconds_budget: float) -> tuple[dict[str, dict[str, list[float]]], int]:
     """Interleaved repeats until the budget is spent; samples[impl][op] -> [ns/frame]."""
     workloads = {name: _workloads(fa) for name, fa in loaded.items()}
     for per_op in workloads.values():  # warm up caches, pools and lazy state
         for workload in per_op.values():
             workload()
-    samples = {name: {op: [] for op in OPS} for name in loaded}
+    samples: dict[str, dict[str, list[float]]] = {name: {op: [] for op in OPS} for name in loaded}
     deadline = time.monotonic() + seconds_budget
     repeats = 0
     was_enabled = gc.isenabled()
@@ -146,12 +148,14 @@ def _summarize(samples: dict, repeats: int, seconds_budget: float) -> dict:
     ops = {}
     for op in OPS:
         ext, fallback = median("cython", op), median("numpy", op)
-        both = ext is not None and fallback is not None
+        ratio = speedup = None
+        if ext is not None and fallback is not None:
+            ratio, speedup = round(ext / fallback, 4), round(fallback / ext, 2)
         ops[op] = {
             "cython_ns": ext,
             "numpy_ns": fallback,
-            "ratio_extension_to_fallback": round(ext / fallback, 4) if both else None,
-            "speedup": round(fallback / ext, 2) if both else None,
+            "ratio_extension_to_fallback": ratio,
+            "speedup": speedup,
         }
     total, ring = ops["total"], ops["ring"]
     return {

@@ -19,8 +19,14 @@ from __future__ import annotations
 import sys
 import threading
 from time import monotonic as _monotonic
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer, TypeAlias
+
+    BufferLike: TypeAlias = "Buffer | np.ndarray[Any, Any]"
 
 from fastaudio._errors import FastAudioError, PoolExhausted, RingClosed, RingFull
 
@@ -48,9 +54,14 @@ _NATIVE_PREFIXES = ("@", "=", "<") if sys.byteorder == "little" else ("@", "=")
 # Buffer helpers
 # --------------------------------------------------------------------------
 
-def _byte_view(obj: object, writable: bool = False) -> memoryview:
+def _memoryview(obj: BufferLike) -> memoryview:
+    # An ndarray is a Buffer at run time; numpy's stubs say so only for 3.12+.
+    return memoryview(obj)  # type: ignore[arg-type]
+
+
+def _byte_view(obj: BufferLike, writable: bool = False) -> memoryview:
     """A 1-D unsigned-byte view of all of obj, as PyBUF_SIMPLE would give."""
-    view = memoryview(obj)
+    view = _memoryview(obj)
     if not view.c_contiguous:
         raise BufferError("memoryview: underlying buffer is not C-contiguous")
     if writable and view.readonly:
@@ -84,6 +95,8 @@ class Block(bytearray):
     """A fixed-size block of a BufferPool (a bytearray that must not be resized)."""
 
     __slots__ = ("_index", "_acquired")
+    _index: int  # position in the pool's block list
+    _acquired: bool  # between BufferPool.acquire() and release()
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Block objects come from BufferPool.acquire()")
@@ -247,7 +260,7 @@ class RingBuffer:
 
     # ---- producer ----------------------------------------------------------
 
-    def write(self, data: object, timeout: float | None = 0.0) -> int:
+    def write(self, data: BufferLike, timeout: float | None = 0.0) -> int:
         """Copy all of ``data`` in, or nothing (RingFull / RingClosed / ValueError)."""
         if timeout is not None and not timeout >= 0:  # also refuses NaN
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
@@ -318,7 +331,7 @@ class RingBuffer:
 
     # ---- consumer ----------------------------------------------------------
 
-    def read_into(self, out: object) -> int:
+    def read_into(self, out: BufferLike) -> int:
         """Fill all of ``out``: buffered frames first, zeros after. Returns real bytes."""
         dst = _byte_view(out, writable=True)
         nbytes = dst.nbytes
@@ -459,7 +472,7 @@ class Chunker:
         self._pending = 0
         self._held: list[Block] = []
 
-    def feed(self, data: object) -> list[memoryview]:
+    def feed(self, data: BufferLike) -> list[memoryview]:
         """Add ``data``; return the completed frames (memoryviews, in order)."""
         self._recycle()
         src = _byte_view(data)
@@ -470,7 +483,9 @@ class Chunker:
         spare = self._pool.acquire() if leftover else None  # before any state changes
         frames = []
         if take:
-            self._partial[self._pending:self._pending + take] = src[:take]
+            partial = self._partial
+            assert partial is not None  # pending bytes live in the partial block
+            partial[self._pending:self._pending + take] = src[:take]
             self._pending += take
             if self._pending == fb:
                 frames.append(self._emit(fb))
@@ -478,7 +493,7 @@ class Chunker:
         for _ in range(whole):
             frames.append(src[pos:pos + fb])
             pos += fb
-        if leftover:
+        if spare is not None:
             spare[:leftover] = src[pos:]
             self._partial, self._pending = spare, leftover
         return frames
@@ -489,7 +504,9 @@ class Chunker:
         if not self._pending:
             return None
         if pad:
-            self._partial[self._pending:self._frame_bytes] = bytes(self._frame_bytes - self._pending)
+            partial = self._partial
+            assert partial is not None  # pending bytes live in the partial block
+            partial[self._pending:self._frame_bytes] = bytes(self._frame_bytes - self._pending)
             return self._emit(self._frame_bytes)
         return self._emit(self._pending)
 
@@ -512,6 +529,7 @@ class Chunker:
 
     def _emit(self, nbytes: int) -> memoryview:
         block, self._partial, self._pending = self._partial, None, 0
+        assert block is not None  # only called with pending bytes
         self._held.append(block)
         frame = memoryview(block)
         return frame if nbytes == block.nbytes else frame[:nbytes]
@@ -556,9 +574,10 @@ def _check_gain(gain: float) -> float:
     return gain
 
 
-def _samples(obj: object, code: str, dtype: type, role: str, writable: bool = False) -> np.ndarray:
+def _samples(obj: BufferLike, code: str, dtype: type, role: str,
+             writable: bool = False) -> np.ndarray:
     """obj's bytes as a 1-D numpy array of dtype, checked like the extension does."""
-    view = memoryview(obj)
+    view = _memoryview(obj)
     if not _format_ok(view.format, code):
         name = "float32" if code == "f" else "int16"
         raise TypeError(f"{role} must hold {name} samples or raw bytes, "
@@ -570,21 +589,24 @@ def _samples(obj: object, code: str, dtype: type, role: str, writable: bool = Fa
     return np.frombuffer(view, dtype=dtype, count=view.nbytes // width)
 
 
-def _convert(src: object, out: object, src_code: str, src_dtype: type, out_code: str,
-             out_dtype: type, kernel) -> object:
+def _convert(src: BufferLike, out: BufferLike | None, src_code: str, src_dtype: type,
+             out_code: str, out_dtype: type,
+             kernel: Callable[[np.ndarray, np.ndarray], None]) -> BufferLike:
     x = _samples(src, src_code, src_dtype, "src")
     out_width = np.dtype(out_dtype).itemsize
     if out is None:
         out = bytearray(x.size * out_width)
     y = _samples(out, out_code, out_dtype, "out", writable=True)
-    out_nbytes = memoryview(out).nbytes
+    out_nbytes = _memoryview(out).nbytes
     if out_nbytes != x.size * out_width:
-        raise ValueError(f"out holds {out_nbytes} bytes; {x.size} samples need {x.size * out_width}")
+        raise ValueError(
+            f"out holds {out_nbytes} bytes; {x.size} samples need {x.size * out_width}")
     kernel(x, y)
     return out
 
 
-def float32_to_int16(src: object, out: object = None, gain: float = 1.0) -> object:
+def float32_to_int16(src: BufferLike, out: BufferLike | None = None,
+                     gain: float = 1.0) -> BufferLike:
     """Convert float32 samples to int16: scale by gain * 32767, clip, round half to even.
 
     NaN -> 0, +inf -> 32767, -inf -> -32767. Returns ``out``, or a new bytearray.
@@ -603,7 +625,8 @@ def float32_to_int16(src: object, out: object = None, gain: float = 1.0) -> obje
     return _convert(src, out, "f", np.float32, "h", np.int16, kernel)
 
 
-def int16_to_float32(src: object, out: object = None, gain: float = 1.0) -> object:
+def int16_to_float32(src: BufferLike, out: BufferLike | None = None,
+                     gain: float = 1.0) -> BufferLike:
     """Convert int16 samples to float32: ``x * float32(gain / 32767)``.
 
     Returns ``out``, or a new bytearray.
