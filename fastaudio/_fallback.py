@@ -72,10 +72,13 @@ def _byte_view(obj: BufferLike, writable: bool = False) -> memoryview:
 
 
 def _format_ok(fmt: str, code: str) -> bool:
-    """True if a buffer of struct format fmt may be read as native `code` samples."""
+    """True if a buffer of struct format fmt may be read as native `code` samples.
+
+    Raw bytes are 'B' and 'c'; signed 'b' is int8 samples and is refused.
+    """
     if fmt[:1] in _NATIVE_PREFIXES:
         fmt = fmt[1:]
-    return fmt in (code, "B", "b", "c")
+    return fmt in (code, "B", "c")
 
 
 # --------------------------------------------------------------------------

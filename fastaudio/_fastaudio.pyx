@@ -100,12 +100,13 @@ cdef extern from *:
     }
     /* 1 if a buffer of struct format `fmt` may be read as native samples of
        type `code`: it is that type (bare, '@', '=' or, on little-endian
-       hosts, '<') or raw bytes (NULL means 'B'). */
+       hosts, '<') or raw bytes ('B', 'c'; NULL means 'B'). Signed 'b' is
+       int8 samples, not raw bytes, so it is refused. */
     static int fa_format_ok(const char *fmt, char code) {
         if (fmt == NULL) return 1;
         if (fmt[0] == '@' || fmt[0] == '=' || (fmt[0] == '<' && fa_little_endian())) fmt++;
         if (fmt[0] == 0 || fmt[1] != 0) return 0;
-        return fmt[0] == code || fmt[0] == 'B' || fmt[0] == 'b' || fmt[0] == 'c';
+        return fmt[0] == code || fmt[0] == 'B' || fmt[0] == 'c';
     }
 
     /* ---- PCM kernels. ----

@@ -619,6 +619,18 @@ def test_src_of_another_sample_type_is_a_type_error(fa):
         fa.int16_to_float32(np.zeros(4, np.int32))
     with pytest.raises(TypeError, match="int16"):
         fa.float32_to_int16(np.zeros(4, np.float32), out=np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="float32"):  # int8 samples are not raw bytes
+        fa.float32_to_int16(np.zeros(8, np.int8))
+
+
+def test_byte_buffers_of_either_endianness_prefix_are_read_natively(fa):
+    native = np.array([0.5, -1.0], np.float32)
+    little = native.astype("<f4") if sys.byteorder == "little" else native
+    expected = [16384, -32767]
+    assert _i16(fa.float32_to_int16(little)).tolist() == expected
+    assert _i16(fa.float32_to_int16(memoryview(native.tobytes()).cast("c"))).tolist() == expected
+    with pytest.raises(TypeError):  # byte-swapped samples are refused, not misread
+        fa.float32_to_int16(native.astype(">f4" if sys.byteorder == "little" else "<f4"))
 
 
 def test_read_only_out_raises_buffer_error(fa):
