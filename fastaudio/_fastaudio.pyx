@@ -441,6 +441,10 @@ cdef class RingBuffer:
     def __dealloc__(self):
         PyMem_Free(self._buf)
         if self._wakeup != NULL:
+            # Free it unlocked, as CPython's own lock_dealloc does: whatever
+            # state it is in, take it (if free) and release it once.
+            PyThread_acquire_lock(self._wakeup, NOWAIT_LOCK)
+            PyThread_release_lock(self._wakeup)
             PyThread_free_lock(self._wakeup)
 
     # ---- producer ----------------------------------------------------------
