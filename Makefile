@@ -34,3 +34,7 @@ test: $(STAMP)
 clean:
 	rm -rf build dist *.egg-info $(VENV) fastaudio/*.so fastaudio/_fastaudio.c
 	find protos -name '*_pb2*.py*' -delete
+
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m clients.bench_fastaudio
