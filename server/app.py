@@ -10,12 +10,12 @@ from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from speakstream.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from server.config import Settings
 from server.pool import SessionPool
+from server.reflection import enable_reflection
 from server.scheduler import Scheduler
 from server.service import SynthesizerServicer
 from server.synthesis import Synthesizer
@@ -73,9 +73,7 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
     health_servicer = await _add_health(server)
-    reflection.enable_server_reflection(
-        (SYNTHESIZER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SYNTHESIZER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     port = server.add_insecure_port(f"{_bracket(settings.host)}:{settings.port}")
     await server.start()
     app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer)
