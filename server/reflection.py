@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import AsyncIterable, AsyncIterator, Iterable, Optional
+from typing import AsyncIterable, AsyncIterator, Iterable, Mapping, Optional
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -198,7 +198,23 @@ def _with_dependencies(file: FileDescriptor) -> list[FileDescriptor]:
 def _serialize(file: FileDescriptor) -> bytes:
     proto = descriptor_pb2.FileDescriptorProto()
     file.CopyToProto(proto)
+    _add_json_names(proto.message_type, file.message_types_by_name)
     return proto.SerializeToString()
+
+
+def _add_json_names(messages, descriptors: Mapping[str, Descriptor]) -> None:
+    """Fill in each field's json_name, which CopyToProto leaves out.
+
+    protoc sets it; without it, tools that print JSON (grpcurl, grpcui) fall
+    back to the .proto names (`sample_rate_hz`) through reflection but use
+    lowerCamelCase (`sampleRateHz`, the proto3 JSON mapping) with the .proto
+    file, and the two outputs would differ.
+    """
+    for message in messages:
+        descriptor = descriptors[message.name]
+        for field in message.field:
+            field.json_name = descriptor.fields_by_name[field.name].json_name
+        _add_json_names(message.nested_type, descriptor.nested_types_by_name)
 
 
 def _error(request, code: grpc.StatusCode, message: str) -> pb.ServerReflectionResponse:

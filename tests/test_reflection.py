@@ -111,3 +111,17 @@ async def test_message_types_have_no_extension_numbers(channel):
     response = await _ask(channel, pb.ServerReflectionRequest(all_extension_numbers_of_type="speakstream.v1.AudioChunk"))
     assert response.all_extension_numbers_response.base_type_name == "speakstream.v1.AudioChunk"
     assert list(response.all_extension_numbers_response.extension_number) == []
+
+
+async def test_files_carry_json_names_as_protoc_writes_them(channel):
+    response = await _ask(channel, pb.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health"))
+    for blob in response.file_descriptor_response.file_descriptor_proto:
+        proto = descriptor_pb2.FileDescriptorProto()
+        proto.ParseFromString(blob)
+        assert all(f.HasField("json_name") for m in proto.message_type for f in m.field)
+    response = await _ask(channel, pb.ServerReflectionRequest(file_by_filename=_SYNTHESIZER_FILE))
+    proto = descriptor_pb2.FileDescriptorProto()
+    proto.ParseFromString(response.file_descriptor_response.file_descriptor_proto[0])
+    fields = {f.name: f.json_name for m in proto.message_type for f in m.field}
+    assert fields["sample_rate_hz"] == "sampleRateHz"
+    assert fields["sentence_silence_s"] == "sentenceSilenceS"
