@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= test
 ARGS ?=
 PYTEST_ARGS ?=
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.package-lock.json
 
 SOURCES := pyproject.toml setup.py $(wildcard protos/speakstream/v1/*.proto) \
 	$(wildcard fastaudio/*.pyx fastaudio/*.pxd fastaudio/*.pxi fastaudio/*.h)
@@ -28,11 +30,20 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/speakstream-server $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The Node client's pinned packages and buf (clients/node/package-lock.json),
+# for tests/test_node_client.py and tests/test_contract.py.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+.PHONY: node-install
+node-install: $(NODE_STAMP)
+
 clean:
-	rm -rf build dist *.egg-info $(VENV) fastaudio/*.so fastaudio/_fastaudio.c
+	rm -rf build dist *.egg-info $(VENV) fastaudio/*.so fastaudio/_fastaudio.c $(NODE_DIR)/node_modules
 	find protos -name '*_pb2*.py*' -delete
 
 .PHONY: bench
