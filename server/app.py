@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from speakstream.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from server.config import Settings
+from server.memory import tune_malloc
 from server.pool import SessionPool
 from server.reflection import enable_reflection
 from server.scheduler import Scheduler
@@ -61,6 +62,7 @@ def load_voices(settings: Settings) -> VoiceRegistry:
 async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> App:
     """Load the default voice, bind, start serving, and return the running App."""
     started = time.monotonic()
+    tune_malloc()
     voices = voices or load_voices(settings)
     pool = SessionPool(settings)
     # Model load is seconds of blocking work: keep it off the event loop.

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 
-def _default_pool_size() -> int:
-    # One inference in flight per core: a run uses one intra-op thread, so
-    # this fills the machine without oversubscribing it.
+def _cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
@@ -43,14 +41,19 @@ class Settings:
     gpu_mem_limit_mb: int = 0
     """Cap of the CUDA arena in MiB; 0 = no cap."""
 
-    pool_size: int = field(default_factory=_default_pool_size)
-    """Inference runs in flight at once, over all sessions (default: cores)."""
+    pool_size: int = 1
+    """Inference runs in flight at once, over all sessions.
+
+    1 by default: a run's activations take ~150 MB for a 100-phoneme segment,
+    so runs side by side cost memory, and one run on all cores (intra-op
+    threads) is also the fastest way to a first chunk. See docs/BENCHMARKS.md.
+    """
 
     sessions: int = 1
     """ONNX Runtime sessions per voice; runs share them (ORT run is thread-safe)."""
 
-    intra_op_threads: int = 1
-    """Threads one run may use; parallelism comes from pool_size instead."""
+    intra_op_threads: int = field(default_factory=_cores)
+    """Threads one run may use (default: cores; with pool_size > 1 use fewer)."""
 
     inter_op_threads: int = 1
     """Threads for parallel graph branches (sequential execution uses one)."""
@@ -61,20 +64,26 @@ class Settings:
     cpu_mem_arena: bool = True
     """Use ONNX Runtime's CPU memory arena (faster; holds peak activation memory)."""
 
+    arena_same_as_requested: bool = True
+    """Grow the CPU arena by what a run asks for, not to the next power of two."""
+
     max_queue: int = 64
     """Calls admitted beyond pool_size; more get RESOURCE_EXHAUSTED at once."""
 
     max_chars: int = 10_000
     """Longest request text, in characters."""
 
-    max_phonemes_per_chunk: int = 400
+    max_phonemes_per_chunk: int = 100
     """Cap on phonemes in one inference, so a huge sentence cannot blow up memory."""
 
-    first_chunk_phonemes: int = 60
+    first_chunk_phonemes: int = 40
     """Target length of a request's first inference; short = fast first audio."""
 
     lookahead_chunks: int = 2
     """Inferences one stream may have queued or running at once."""
+
+    cache_mb: int = 64
+    """Audio cache bound in MiB (deterministic requests only); 0 turns it off."""
 
     grace_s: float = 10.0
     """On SIGTERM, how long in-flight calls may run before the server stops."""
@@ -93,6 +102,7 @@ class Settings:
         _check_range("max_phonemes_per_chunk", self.max_phonemes_per_chunk, 16, 100_000)
         _check_range("first_chunk_phonemes", self.first_chunk_phonemes, 8, 100_000)
         _check_range("lookahead_chunks", self.lookahead_chunks, 1, 64)
+        _check_range("cache_mb", self.cache_mb, 0, 1_000_000)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         if self.grace_s < 0:

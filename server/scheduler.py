@@ -9,6 +9,8 @@ and a long text cannot starve short requests.
 
 A job whose call was cancelled or whose deadline passed is dropped before it
 runs; a running one is stopped through ONNX Runtime's RunOptions.terminate.
+The worker, not the call, owns a running job, so a cancelled call can never
+leave a worker or a session slot behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ from server.errors import DeadlineExceeded, Overloaded, Unavailable
 
 _LOGGER = logging.getLogger(__name__)
 
+RunFn = Callable[[ort.RunOptions], np.ndarray]
+
 
 @dataclass(order=True)
 class Job:
@@ -37,8 +42,9 @@ class Job:
 
     due: float
     seq: int
-    run: Callable[[ort.RunOptions], np.ndarray] = field(compare=False)
+    run: RunFn = field(compare=False)
     future: asyncio.Future = field(compare=False)
+    owner: str = field(compare=False, default="")
     deadline: Optional[float] = field(compare=False, default=None)
     run_options: ort.RunOptions = field(compare=False, default_factory=ort.RunOptions)
     running: bool = field(compare=False, default=False)
@@ -51,6 +57,19 @@ class Job:
             self.future.cancel()
 
 
+@dataclass
+class Counters:
+    """What the scheduler has done since start."""
+
+    calls_admitted: int = 0
+    calls_rejected: int = 0
+    runs_started: int = 0
+    runs_completed: int = 0
+    runs_failed: int = 0
+    runs_dropped_cancelled: int = 0
+    runs_dropped_deadline: int = 0
+
+
 class Scheduler:
     """Bounded admission plus an earliest-due-first queue served by `pool_size` workers."""
 
@@ -59,14 +78,16 @@ class Scheduler:
         self.pool_size = pool_size
         self.max_queue = max_queue
         self.active_calls = 0
-        self.runs_started = 0
-        self.runs_completed = 0
-        self.runs_dropped = 0
+        self.counters = Counters()
+        self.running: dict[int, Job] = {}  # worker index -> job it runs
+        self.recent_runs: deque[tuple[str, float]] = deque(maxlen=4096)  # (owner, start)
         self._heap: list[Job] = []
         self._seq = itertools.count()
         # One release per job pushed, one acquire per job popped: a worker
         # that acquires always finds a job in the heap.
         self._pushed: Optional[asyncio.Semaphore] = None
+        self._changed: Optional[asyncio.Condition] = None
+        self._idle_waiters = 0
         self._executor = ThreadPoolExecutor(pool_size, thread_name_prefix="infer")
         self._workers: list[asyncio.Task] = []
         self._draining = False
@@ -74,12 +95,15 @@ class Scheduler:
     async def start(self) -> None:
         """Start the workers on the running loop."""
         self._pushed = asyncio.Semaphore(0)
+        self._changed = asyncio.Condition()
         self._workers = [asyncio.create_task(self._work(i), name=f"infer-{i}")
                          for i in range(self.pool_size)]
 
     async def close(self) -> None:
         """Stop the workers and the threads; queued jobs are cancelled."""
         for job in self._heap:
+            job.cancel()
+        for job in self.running.values():
             job.cancel()
         self._heap.clear()
         for task in self._workers:
@@ -93,7 +117,7 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        """Jobs waiting for a worker."""
+        """Jobs waiting for a worker (cancelled ones leave at their turn)."""
         return len(self._heap)
 
     @property
@@ -101,23 +125,43 @@ class Scheduler:
         """Calls that may be admitted at once."""
         return self.pool_size + self.max_queue
 
+    @property
+    def idle(self) -> bool:
+        """No call admitted and no inference running."""
+        return self.active_calls == 0 and not self.running
+
+    async def wait_idle(self) -> None:
+        """Return once no call is admitted and no inference runs."""
+        self._idle_waiters += 1
+        try:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.idle)
+        finally:
+            self._idle_waiters -= 1
+
     @contextmanager
     def admit(self):
         """Hold a place for one call, or raise Overloaded/Unavailable at once."""
         if self._draining:
             raise Unavailable("server is shutting down; retry on another instance")
         if self.active_calls >= self.capacity:
+            self.counters.calls_rejected += 1
             raise Overloaded(f"server is at capacity ({self.capacity} calls in progress); retry later")
         self.active_calls += 1
+        self.counters.calls_admitted += 1
         try:
             yield
         finally:
             self.active_calls -= 1
+            self._announce()
 
-    def submit(self, run: Callable[[ort.RunOptions], np.ndarray], due: float,
-               deadline: Optional[float] = None) -> Job:
-        """Queue `run` (called in a worker thread with its RunOptions); await job.future."""
-        job = Job(due=due, seq=next(self._seq), run=run,
+    def submit(self, run: RunFn, due: float, deadline: Optional[float] = None, owner: str = "") -> Job:
+        """Queue `run` (called in a worker thread with its RunOptions); await job.future.
+
+        :param due: time.monotonic() by which the result is wanted; earliest runs first.
+        :param deadline: time.monotonic() after which the job is dropped unrun.
+        """
+        job = Job(due=due, seq=next(self._seq), run=run, owner=owner,
                   future=asyncio.get_running_loop().create_future(), deadline=deadline)
         heapq.heappush(self._heap, job)
         self._pushed.release()
@@ -132,10 +176,10 @@ class Scheduler:
 
     def _runnable(self, job: Job) -> bool:
         if job.future.done():  # cancelled while queued
-            self.runs_dropped += 1
+            self.counters.runs_dropped_cancelled += 1
             return False
         if job.deadline is not None and time.monotonic() >= job.deadline:
-            self.runs_dropped += 1
+            self.counters.runs_dropped_deadline += 1
             job.future.set_exception(DeadlineExceeded("deadline passed while queued for inference"))
             return False
         return True
@@ -144,16 +188,45 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             job = await self._next_job()
-            job.running = True
-            self.runs_started += 1
+            self._begin(index, job)
             try:
                 audio = await loop.run_in_executor(self._executor, job.run, job.run_options)
             except Exception as exc:  # delivered to the call that owns the job
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                self.counters.runs_failed += not job.run_options.terminate
+                _settle(job, exc=exc)
             else:
-                if not job.future.done():
-                    job.future.set_result(audio)
+                _settle(job, result=audio)
             finally:
-                job.running = False
-                self.runs_completed += 1
+                self._end(index, job)
+
+    def _begin(self, index: int, job: Job) -> None:
+        job.running = True
+        self.running[index] = job
+        self.counters.runs_started += 1
+        self.recent_runs.append((job.owner, time.monotonic()))
+
+    def _end(self, index: int, job: Job) -> None:
+        job.running = False
+        del self.running[index]
+        self.counters.runs_completed += 1
+        self._announce()
+
+    def _announce(self) -> None:
+        """Wake wait_idle() callers; cheap when nobody waits."""
+        if not self._idle_waiters:
+            return
+
+        async def notify():
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+
+def _settle(job: Job, result=None, exc: Optional[BaseException] = None) -> None:
+    if job.future.done():  # the call went away while the job ran
+        return
+    if exc is not None:
+        job.future.set_exception(exc)
+    else:
+        job.future.set_result(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from typing import AsyncIterator, Optional
 
 import grpc
@@ -15,7 +16,7 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from server import options as opts
 from server.config import Settings
-from server.encoding import Encoding, bytes_per_sample, encode_pcm, encode_wav
+from server.encoding import Encoding, encode_pcm, encode_wav
 from server.errors import InvalidArgument, SpeakstreamError
 from server.scheduler import Scheduler
 from server.synthesis import AudioPiece, Synthesizer
@@ -49,9 +50,10 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message (WAV, LINEAR16 or FLOAT32)."""
         async with _status_on_error(context):
+            request_id = await _start_call(context)
             options = self._options(request, streaming=False)
             with self._scheduler.admit():
-                pieces = [p async for p in self._synth.stream(options, _deadline(context))]
+                pieces = [p async for p in self._synth.stream(options, _deadline(context), request_id)]
             audio = np.concatenate([p.audio for p in pieces])
             return pb.SynthesizeResponse(
                 audio=_encode_whole(audio, options),
@@ -64,10 +66,12 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
         """Audio chunks as they are synthesized."""
         async with _status_on_error(context):
+            request_id = await _start_call(context)
             options = self._options(request, streaming=True)
             with self._scheduler.admit():
                 chunker = _ChunkWriter(options)
-                async with contextlib.aclosing(self._synth.stream(options, _deadline(context))) as stream:
+                stream = self._synth.stream(options, _deadline(context), request_id)
+                async with contextlib.aclosing(stream):
                     async for piece in stream:
                         for chunk in chunker.chunks(piece):
                             yield chunk
@@ -137,6 +141,13 @@ async def _status_on_error(context):
     except Exception:
         _LOGGER.exception("unexpected error in call")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+async def _start_call(context) -> str:
+    """The call's request id (the client's x-request-id, else a new one), sent back at once."""
+    request_id = dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex[:16]
+    await context.send_initial_metadata((("x-request-id", request_id),))
+    return request_id
 
 
 def _deadline(context) -> Optional[float]:

@@ -20,6 +20,7 @@ from typing import AsyncIterator, Iterator, Optional
 
 import numpy as np
 
+from server.cache import AudioCache
 from server.config import Settings
 from server.frontend import Frontend, Segment
 from server.options import SynthesisOptions
@@ -46,7 +47,9 @@ class AudioPiece:
 @dataclass
 class _Pending:
     segment: Segment
-    job: Job
+    audio: asyncio.Future
+    job: Optional[Job] = None  # None when the audio came from the cache
+    cache_key: Optional[tuple] = None  # set when the result should be cached
 
 
 class Synthesizer:
@@ -56,6 +59,7 @@ class Synthesizer:
         self._settings = settings
         self._pool = pool
         self._scheduler = scheduler
+        self.cache = AudioCache(settings.cache_mb * 1024 * 1024)
         self._frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
         self._frontend_thread = ThreadPoolExecutor(1, thread_name_prefix="frontend")
 
@@ -63,15 +67,16 @@ class Synthesizer:
         """Stop the frontend thread."""
         self._frontend_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def stream(self, options: SynthesisOptions,
-                     deadline: Optional[float] = None) -> AsyncIterator[AudioPiece]:
+    async def stream(self, options: SynthesisOptions, deadline: Optional[float] = None,
+                     owner: str = "") -> AsyncIterator[AudioPiece]:
         """Audio pieces of `options.text` in order; the last has `final` set.
 
         :param deadline: time.monotonic() after which queued work is dropped.
+        :param owner: the request id, shown with the call's inferences.
         """
         sessions = await self._sessions(options)
         segments = self._frontend.segments(options.text, options.voice.config)
-        call = _Call(self, sessions, options, segments, deadline)
+        call = _Call(self, sessions, options, segments, deadline, owner)
         try:
             async for piece in call.run():
                 yield piece
@@ -95,12 +100,13 @@ class _Call:
     """State of one streaming call: segments in flight and audio produced."""
 
     def __init__(self, synth: Synthesizer, sessions: VoiceSessions,
-                 options: SynthesisOptions, segments: Iterator[Segment], deadline):
+                 options: SynthesisOptions, segments: Iterator[Segment], deadline, owner: str):
         self._synth = synth
         self._sessions = sessions
         self._options = options
         self._segments = segments
         self._deadline = deadline
+        self._owner = owner
         self._pending: deque[_Pending] = deque()
         self._exhausted = False
         self._arrival = time.monotonic()
@@ -112,7 +118,9 @@ class _Call:
         await self._fill()
         while self._pending:
             pending = self._pending.popleft()
-            audio = await pending.job.future
+            audio = await pending.audio
+            if pending.cache_key is not None:
+                self._synth.cache.put(pending.cache_key, audio)
             await self._fill()
             yield self._piece(pending.segment, audio)
 
@@ -130,19 +138,35 @@ class _Call:
             if segment is None:
                 self._exhausted = True
                 return
-            self._pending.append(_Pending(segment, self._submit(segment)))
+            self._pending.append(self._start(segment))
 
-    def _submit(self, segment: Segment) -> Job:
+    def _start(self, segment: Segment) -> _Pending:
+        """Audio for `segment`: from the cache when it can be, else a scheduled inference."""
         # Due when the audio queued before it would have played out, counted
         # from arrival: the first segment is due at once.
         due = self._arrival + self._audio_s_ahead
         self._audio_s_ahead += len(segment.phonemes) * self._seconds_per_phoneme
+        key = self._cache_key(segment)
+        cached = self._synth.cache.get(key) if key is not None else None
+        if cached is not None:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(cached)
+            return _Pending(segment, future)
         sessions, opts = self._sessions, self._options
-        return self._synth._scheduler.submit(
+        job = self._synth._scheduler.submit(
             lambda run_options: sessions.run(segment.ids, opts.scales, opts.speaker_id, run_options),
-            due=due, deadline=self._deadline)
+            due=due, deadline=self._deadline, owner=self._owner)
+        return _Pending(segment, job.future, job, key)
+
+    def _cache_key(self, segment: Segment) -> Optional[tuple]:
+        opts = self._options
+        if not opts.deterministic or not self._synth.cache.max_bytes:
+            return None
+        return (opts.voice.name, segment.ids, opts.speaker_id, opts.scales.length_scale)
 
     def cancel_all(self) -> None:
         """Cancel every queued or running inference of this call."""
         while self._pending:
-            self._pending.popleft().job.cancel()
+            job = self._pending.popleft().job
+            if job is not None:
+                job.cancel()

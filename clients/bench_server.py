@@ -1,0 +1,88 @@
+"""A speakstream server in a child process, for benchmarks: start, address, memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional, Sequence
+
+_READY_PREFIX = "speakstream listening on "
+
+
+class ServerProcess:
+    """`python -m server --port 0 ...` in a child process, stopped on exit."""
+
+    def __init__(self, args: Sequence[str] = (), start_timeout_s: float = 120.0):
+        self._args = list(args)
+        self._timeout = start_timeout_s
+        self.process: Optional[subprocess.Popen] = None
+        self.address = ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING", *self._args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.address = self._wait_ready()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def _wait_ready(self) -> str:
+        deadline = time.monotonic() + self._timeout
+        for line in self.process.stdout:  # the ready line comes once models are loaded
+            if line.startswith(_READY_PREFIX):
+                return line[len(_READY_PREFIX):].strip()
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError("server did not start; run `python -m server --port 0` to see why")
+
+    def rss_mb(self) -> float:
+        """Resident memory now, in MB."""
+        return _status_kb(self.process.pid, "VmRSS") / 1024
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server has used."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class PeakSampler:
+    """Samples a callable (e.g. RSS) every `interval_s` in a thread; keeps the maximum."""
+
+    def __init__(self, read, interval_s: float = 0.02):
+        self._read = read
+        self._interval = interval_s
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._read())
