@@ -32,11 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-mem-limit-mb", type=int, default=d.gpu_mem_limit_mb,
                    help="CUDA arena cap in MiB, 0 = none (default %(default)s)")
     p.add_argument("--pool-size", type=int, default=d.pool_size,
-                   help="inferences in flight at once (default: number of cores, %(default)s)")
+                   help="inferences in flight at once (default %(default)s)")
     p.add_argument("--sessions", type=int, default=d.sessions,
                    help="ONNX Runtime sessions per voice (default %(default)s)")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
-                   help="threads one inference may use (default %(default)s)")
+                   help="threads one inference may use (default: cores, %(default)s)")
+    p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads,
+                   help="threads for parallel graph branches (default %(default)s)")
+    p.add_argument("--allow-spinning", action=argparse.BooleanOptionalAction, default=d.allow_spinning,
+                   help="let idle ORT threads spin (default: off; spinning steals cores from other runs)")
+    p.add_argument("--cpu-arena", action=argparse.BooleanOptionalAction, default=d.cpu_mem_arena,
+                   help="ONNX Runtime CPU memory arena (default: on)")
+    p.add_argument("--max-phonemes-per-chunk", type=int, default=d.max_phonemes_per_chunk,
+                   help="phonemes in one inference at most; bounds memory (default %(default)s)")
+    p.add_argument("--first-chunk-phonemes", type=int, default=d.first_chunk_phonemes,
+                   help="target size of a request's first inference; smaller = sooner audio (default %(default)s)")
+    p.add_argument("--lookahead-chunks", type=int, default=d.lookahead_chunks,
+                   help="inferences one stream may have queued or running (default %(default)s)")
+    p.add_argument("--cache-mb", type=int, default=d.cache_mb,
+                   help="audio cache for deterministic requests, MiB; 0 = off (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help="calls admitted beyond --pool-size before RESOURCE_EXHAUSTED (default %(default)s)")
     p.add_argument("--max-chars", type=int, default=d.max_chars,
@@ -57,6 +71,10 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             device=args.device, cuda_device_id=args.cuda_device_id,
             gpu_mem_limit_mb=args.gpu_mem_limit_mb, pool_size=args.pool_size,
             sessions=args.sessions, intra_op_threads=args.intra_op_threads,
+            inter_op_threads=args.inter_op_threads, allow_spinning=args.allow_spinning,
+            cpu_mem_arena=args.cpu_arena, max_phonemes_per_chunk=args.max_phonemes_per_chunk,
+            first_chunk_phonemes=args.first_chunk_phonemes, lookahead_chunks=args.lookahead_chunks,
+            cache_mb=args.cache_mb,
             max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,
             log_level=args.log_level.upper(),
         )

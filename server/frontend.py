@@ -126,19 +126,27 @@ class Frontend:
         self.max_phonemes = max_phonemes_per_chunk
         self.first_phonemes = min(first_chunk_phonemes, max_phonemes_per_chunk)
 
-    def segments(self, text: str, config: VoiceConfig) -> Iterator[Segment]:
-        """Segments of `text` in speaking order; phonemizes one sentence per step."""
+    def segments(self, text: str, config: VoiceConfig, length_scale: float = 1.0) -> Iterator[Segment]:
+        """Segments of `text` in speaking order; phonemizes one sentence per step.
+
+        :param length_scale: the request's; slower speech makes longer audio per
+            phoneme, so the caps shrink with it to bound a run's memory.
+        """
         text = normalize(text)
+        limits = self._limits(length_scale)
         index = 0
         for start, end in split_sentences(text):
             for phonemes in phonemize(text[start:end], config.espeak_voice):
-                first = index == 0
-                yield from self._cut(phonemes, text, (start, end), index, first, config)
+                first_limit = limits[0] if index == 0 else limits[1]
+                yield from self._cut(phonemes, text, (start, end), index, (first_limit, limits[1]), config)
                 index += 1
 
-    def _cut(self, phonemes, text, span, index, first, config) -> Iterator[Segment]:
-        pieces = cut_phonemes(phonemes, self.first_phonemes if first else self.max_phonemes,
-                              self.max_phonemes)
+    def _limits(self, length_scale: float) -> tuple[int, int]:
+        scale = max(length_scale, 1e-3)
+        return (max(8, round(self.first_phonemes / scale)), max(16, round(self.max_phonemes / scale)))
+
+    def _cut(self, phonemes, text, span, index, limits, config) -> Iterator[Segment]:
+        pieces = cut_phonemes(phonemes, *limits)
         spans = _split_span(text, span, [len(p) for p in pieces], pieces)
         for n, (piece, piece_span) in enumerate(zip(pieces, spans)):
             yield Segment(

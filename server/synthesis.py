@@ -75,7 +75,8 @@ class Synthesizer:
         :param owner: the request id, shown with the call's inferences.
         """
         sessions = await self._sessions(options)
-        segments = self._frontend.segments(options.text, options.voice.config)
+        segments = self._frontend.segments(options.text, options.voice.config,
+                                           options.scales.length_scale)
         call = _Call(self, sessions, options, segments, deadline, owner)
         try:
             async for piece in call.run():

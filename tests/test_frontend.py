@@ -86,3 +86,12 @@ def test_long_sentence_is_cut_into_capped_segments_with_ordered_spans(voice_conf
     assert segments[0].span[0] == 0 and segments[-1].span[1] == len(text)
     assert all(a.span[1] == b.span[0] for a, b in zip(segments, segments[1:]))
     assert [s.ends_sentence for s in segments] == [False] * (len(segments) - 1) + [True]
+
+
+def test_slower_speech_gets_shorter_segments(voice_config):
+    text = " ".join(["word"] * 100) + "."
+    frontend = Frontend(max_phonemes_per_chunk=100, first_chunk_phonemes=40)
+    normal = list(frontend.segments(text, voice_config, length_scale=1.0))
+    slow = list(frontend.segments(text, voice_config, length_scale=2.0))
+    assert max(len(s.phonemes) for s in slow) <= 50 < max(len(s.phonemes) for s in normal)
+    assert "".join(s.phonemes for s in slow) == "".join(s.phonemes for s in normal)
