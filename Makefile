@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= test
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.package-lock.json
 
@@ -47,5 +48,6 @@ clean:
 	find protos -name '*_pb2*.py*' -delete
 
 .PHONY: bench
+# Starts its own server; BENCH_ARGS="--target host:port" measures a running one.
 bench: $(STAMP)
-	$(PY) -m clients.bench_fastaudio
+	$(PY) -m clients.bench $(BENCH_ARGS)
