@@ -1,0 +1,65 @@
+"""Where speakstream-say puts audio besides the sound card: a WAV file, raw PCM on stdout.
+
+Each output has the Player's shape: open(sample_rate) at the first chunk,
+write(pcm) per chunk, finish() at the end, abort() on failure.
+"""
+
+from __future__ import annotations
+
+import wave
+from typing import BinaryIO, Optional
+
+
+class WavOutput:
+    """Writes mono int16 PCM to a WAV file, created at the first chunk.
+
+    A call that fails before any audio leaves no file; one interrupted later
+    leaves a valid WAV of the audio received so far.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.samples = 0
+        self._wav: Optional[wave.Wave_write] = None
+
+    def open(self, sample_rate: int) -> None:
+        """Create the file with the stream's rate."""
+        self._wav = wave.open(self.path, "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate)
+
+    def write(self, pcm: bytes) -> None:
+        """Append int16 samples."""
+        self._wav.writeframes(pcm)
+        self.samples += len(pcm) // 2
+
+    def finish(self) -> None:
+        """Close the file (the header gets the final length)."""
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+    abort = finish
+
+
+class RawOutput:
+    """Writes int16 PCM as it arrives to a binary stream (standard output), for piping."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+
+    def open(self, sample_rate: int) -> None:
+        """Nothing to prepare: raw PCM has no header."""
+
+    def write(self, pcm: bytes) -> None:
+        """Write and flush at once, so a reader downstream hears it now."""
+        self._stream.write(pcm)
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Flush what is left."""
+        self._stream.flush()
+
+    def abort(self) -> None:
+        """Nothing to undo."""
