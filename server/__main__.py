@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads,
                    help="threads for parallel graph branches (default %(default)s)")
     p.add_argument("--allow-spinning", action=argparse.BooleanOptionalAction, default=d.allow_spinning,
-                   help="let idle ORT threads spin (default: off; spinning steals cores from other runs)")
+                   help="let idle ORT threads spin (default: only when --pool-size is 1)")
     p.add_argument("--cpu-arena", action=argparse.BooleanOptionalAction, default=d.cpu_mem_arena,
                    help="ONNX Runtime CPU memory arena (default: on)")
     p.add_argument("--max-phonemes-per-chunk", type=int, default=d.max_phonemes_per_chunk,

@@ -58,8 +58,17 @@ class Settings:
     inter_op_threads: int = 1
     """Threads for parallel graph branches (sequential execution uses one)."""
 
-    allow_spinning: bool = False
-    """Let idle ORT threads spin; off because spinning steals cores from other runs."""
+    allow_spinning: Optional[bool] = None
+    """Let idle ORT threads spin between ops. None: only when pool_size is 1.
+
+    Spinning shortens a run (measured: 84 vs 95 ms for a first segment), but
+    with runs side by side a spinning pool steals the core another run needs.
+    """
+
+    @property
+    def spinning(self) -> bool:
+        """Whether ORT threads spin, after applying the default."""
+        return self.pool_size == 1 if self.allow_spinning is None else self.allow_spinning
 
     cpu_mem_arena: bool = True
     """Use ONNX Runtime's CPU memory arena (faster; holds peak activation memory)."""

@@ -84,9 +84,10 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     if settings.cpu_mem_arena and settings.arena_same_as_requested:
         _register_cpu_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
-    # Spinning idle threads burn the core another session's run needs.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    # Spinning idle threads burn the core another run needs (see Settings).
+    spin = "1" if settings.spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     # Warnings include "nodes placed on CPU" under CUDA (Memcpy slowdowns).
     opts.log_severity_level = 2
     return opts
