@@ -4,8 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= test
+comma := ,
+# playback = PyAudio for speakstream-say; it compiles against PortAudio's headers
+# (Debian: portaudio19-dev, which .ci/run installs).
+EXTRAS ?= test,playback
+# Named after the extras, so installing another set is never mistaken for done.
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))-stamp
+# make serve needs no sound stack: unless the full install is there, it installs only
+# these extras, so it works on a fresh machine without PortAudio's headers.
+SERVE_EXTRAS ?= test
+SERVE_STAMP := $(VENV)/.installed-$(subst $(comma),-,$(SERVE_EXTRAS))-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -26,9 +34,16 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
+ifneq ($(SERVE_STAMP),$(STAMP))
+$(SERVE_STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[$(SERVE_EXTRAS)]"
+	touch $@
+endif
+
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(if $(wildcard $(STAMP)),$(STAMP),$(SERVE_STAMP))
 	$(VENV)/bin/speakstream-server $(ARGS)
 
 test: $(STAMP) $(NODE_STAMP)
