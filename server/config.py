@@ -100,6 +100,18 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    log_format: str = "text"
+    """Log lines as "text" (for people) or "json" (one object per line, for machines)."""
+
+    metrics: bool = True
+    """Record request counters and histograms (Stats, Prometheus); off only to measure their cost."""
+
+    metrics_port: Optional[int] = None
+    """Port of the Prometheus /metrics endpoint on `host`; None = off, 0 = a free port."""
+
+    enable_profiling: bool = False
+    """Trace allocations (tracemalloc) so Stats.ProfileMemory works; slows every allocation."""
+
     def __post_init__(self):
         _check_range("port", self.port, 0, 65535)
         _check_range("pool_size", self.pool_size, 1, 256)
@@ -116,6 +128,10 @@ class Settings:
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
+        if self.metrics_port is not None:
+            _check_range("metrics_port", self.metrics_port, 0, 65535)
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
