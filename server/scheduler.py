@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.errors import DeadlineExceeded, Overloaded, Unavailable
+from server.metrics import Metrics
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Job:
     deadline: Optional[float] = field(compare=False, default=None)
     run_options: ort.RunOptions = field(compare=False, default_factory=ort.RunOptions)
     running: bool = field(compare=False, default=False)
+    submitted: float = field(compare=False, default=0.0)  # time.monotonic() when queued
+    started: float = field(compare=False, default=0.0)  # ... when a worker took it
 
     def cancel(self) -> None:
         """Drop the job if queued; stop it if running."""
@@ -73,9 +76,12 @@ class Counters:
 class Scheduler:
     """Bounded admission plus an earliest-due-first queue served by `pool_size` workers."""
 
-    def __init__(self, pool_size: int, max_queue: int):
-        """:param pool_size: inferences in flight at once (one worker thread each)."""
+    def __init__(self, pool_size: int, max_queue: int, metrics: Optional[Metrics] = None):
+        """:param pool_size: inferences in flight at once (one worker thread each).
+        :param metrics: where queue waits and run times are recorded.
+        """
         self.pool_size = pool_size
+        self.metrics = metrics or Metrics()
         self.max_queue = max_queue
         self.active_calls = 0
         self.counters = Counters()
@@ -162,7 +168,8 @@ class Scheduler:
         :param deadline: time.monotonic() after which the job is dropped unrun.
         """
         job = Job(due=due, seq=next(self._seq), run=run, owner=owner,
-                  future=asyncio.get_running_loop().create_future(), deadline=deadline)
+                  future=asyncio.get_running_loop().create_future(), deadline=deadline,
+                  submitted=time.monotonic())
         heapq.heappush(self._heap, job)
         self._pushed.release()
         return job
@@ -190,11 +197,12 @@ class Scheduler:
             job = await self._next_job()
             self._begin(index, job)
             try:
-                audio = await loop.run_in_executor(self._executor, job.run, job.run_options)
+                audio, run_s = await loop.run_in_executor(self._executor, _timed, job.run, job.run_options)
             except Exception as exc:  # delivered to the call that owns the job
                 self.counters.runs_failed += not job.run_options.terminate
                 _settle(job, exc=exc)
             else:
+                self.metrics.record_inference(run_s)
                 _settle(job, result=audio)
             finally:
                 self._end(index, job)
@@ -203,7 +211,9 @@ class Scheduler:
         job.running = True
         self.running[index] = job
         self.counters.runs_started += 1
-        self.recent_runs.append((job.owner, time.monotonic()))
+        job.started = time.monotonic()
+        self.metrics.record_queue_wait(job.started - job.submitted)
+        self.recent_runs.append((job.owner, job.started))
 
     def _end(self, index: int, job: Job) -> None:
         job.running = False
@@ -221,6 +231,13 @@ class Scheduler:
                 self._changed.notify_all()
 
         asyncio.get_running_loop().create_task(notify())
+
+
+def _timed(run: RunFn, run_options: ort.RunOptions) -> tuple[np.ndarray, float]:
+    """run(run_options) and its duration, measured on the worker thread."""
+    start = time.monotonic()
+    audio = run(run_options)
+    return audio, time.monotonic() - start
 
 
 def _settle(job: Job, result=None, exc: Optional[BaseException] = None) -> None:
