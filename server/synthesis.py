@@ -59,6 +59,7 @@ class Synthesizer:
         self._settings = settings
         self._pool = pool
         self._scheduler = scheduler
+        self._metrics = scheduler.metrics  # one registry per server, held by the scheduler
         self.cache = AudioCache(settings.cache_mb * 1024 * 1024)
         self._frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
         self._frontend_thread = ThreadPoolExecutor(1, thread_name_prefix="frontend")
@@ -94,7 +95,17 @@ class Synthesizer:
     async def next_segment(self, segments: Iterator[Segment]) -> Optional[Segment]:
         """The next segment, phonemized on the frontend thread; None at the end."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._frontend_thread, next, segments, None)
+        segment, seconds = await loop.run_in_executor(self._frontend_thread, _timed_next, segments)
+        if segment is not None:
+            self._metrics.record_phonemization(seconds)
+        return segment
+
+
+def _timed_next(segments: Iterator[Segment]) -> tuple[Optional[Segment], float]:
+    """The next segment (None at the end) and the seconds it took, on the frontend thread."""
+    start = time.monotonic()
+    segment = next(segments, None)
+    return segment, time.monotonic() - start
 
 
 class _Call:
@@ -120,6 +131,8 @@ class _Call:
         while self._pending:
             pending = self._pending.popleft()
             audio = await pending.audio
+            if pending.job is not None:
+                self._synth._metrics.record_synthesized(audio.size, self._options.sample_rate)
             if pending.cache_key is not None:
                 self._synth.cache.put(pending.cache_key, audio)
             await self._fill()
