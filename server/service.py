@@ -18,6 +18,7 @@ from server import options as opts
 from server.config import Settings
 from server.encoding import Encoding, encode_pcm, encode_wav
 from server.errors import InvalidArgument, SpeakstreamError
+from server.metrics import CallRecord, Metrics
 from server.scheduler import Scheduler
 from server.synthesis import AudioPiece, Synthesizer
 from server.voices import VoiceRegistry
@@ -46,14 +47,18 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         self._voices = voices
         self._synth = synthesizer
         self._scheduler = scheduler
+        self._metrics: Metrics = scheduler.metrics
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message (WAV, LINEAR16 or FLOAT32)."""
-        async with _status_on_error(context):
-            request_id = await _start_call(context)
-            options = self._options(request, streaming=False)
+        async with self._metrics.track("Synthesize", context) as call, _status_on_error(context):
+            request_id = call.request_id = await _start_call(context)
+            options = self._options(request, call)
             with self._scheduler.admit():
-                pieces = [p async for p in self._synth.stream(options, _deadline(context), request_id)]
+                pieces = []
+                async for piece in self._synth.stream(options, _deadline(context), request_id):
+                    call.audio(piece.audio.size, options.sample_rate)
+                    pieces.append(piece)
             audio = np.concatenate([p.audio for p in pieces])
             return pb.SynthesizeResponse(
                 audio=_encode_whole(audio, options),
@@ -65,25 +70,31 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
         """Audio chunks as they are synthesized."""
-        async with _status_on_error(context):
-            request_id = await _start_call(context)
-            options = self._options(request, streaming=True)
+        async with self._metrics.track("SynthesizeStream", context) as call, _status_on_error(context):
+            request_id = call.request_id = await _start_call(context)
+            options = self._options(request, call, streaming=True)
             with self._scheduler.admit():
                 chunker = _ChunkWriter(options)
                 stream = self._synth.stream(options, _deadline(context), request_id)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         for chunk in chunker.chunks(piece):
+                            call.audio(chunk.num_samples, options.sample_rate)
                             yield chunk
 
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         """Every voice with its language, rate, speakers and quality."""
-        default = self._voices.default.name
-        return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
+        async with self._metrics.track("ListVoices", context) as call:
+            call.request_id = await _start_call(context)
+            default = self._voices.default.name
+            return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
 
-    def _options(self, request: pb.SynthesizeRequest, streaming: bool) -> opts.SynthesisOptions:
+    def _options(self, request: pb.SynthesizeRequest, call: CallRecord,
+                 streaming: bool = False) -> opts.SynthesisOptions:
+        call.characters, call.voice = len(request.text), request.voice
         text = opts.check_text(request.text, self._settings.max_chars)
         voice = self._voices.get(request.voice)
+        call.voice = voice.name
         encoding = _encoding(request.encoding, streaming)
         if request.sample_rate_hz not in (0, voice.config.sample_rate):
             raise InvalidArgument("sample_rate_hz", f"voice {voice.name} speaks at "
