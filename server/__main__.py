@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from server.config import Settings
 from server.errors import VoiceLoadError
+from server.requestlog import LOG_FORMATS, configure_logging
 
 _LOGGER = logging.getLogger("server")
 
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-s", type=float, default=d.grace_s,
                    help="seconds in-flight calls get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default %(default)s)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=d.log_format,
+                   help="text for people, json for one object per line (default %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 picks a free port (default: off)")
+    p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=d.metrics,
+                   help="record request counters and histograms (default: on; --no-metrics only to measure their cost)")
+    p.add_argument("--enable-profiling", action="store_true", default=d.enable_profiling,
+                   help="trace allocations so Stats.ProfileMemory works (slows the server; default off)")
     return p
 
 
@@ -76,7 +85,8 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             first_chunk_phonemes=args.first_chunk_phonemes, lookahead_chunks=args.lookahead_chunks,
             cache_mb=args.cache_mb,
             max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,
-            log_level=args.log_level.upper(),
+            log_level=args.log_level.upper(), log_format=args.log_format,
+            metrics=args.metrics, metrics_port=args.metrics_port, enable_profiling=args.enable_profiling,
         )
     except ValueError as exc:
         parser.error(str(exc).replace("_", "-", 1))
@@ -115,8 +125,7 @@ def _exit_now() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `speakstream-server` and `python -m server`."""
     settings = settings_from_args(argv)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except VoiceLoadError as exc:

@@ -5,26 +5,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tracemalloc
 from dataclasses import dataclass
 from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from speakstream.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesizer_pb2_grpc
 
 from server.config import Settings
+from server.gpu import GpuMonitor
 from server.memory import tune_malloc
+from server.metrics import Metrics
 from server.pool import SessionPool
+from server.prometheus import PrometheusExporter
 from server.reflection import enable_reflection
 from server.scheduler import Scheduler
 from server.service import SynthesizerServicer
+from server.stats import SnapshotBuilder, StatsServicer
 from server.synthesis import Synthesizer
 from server.voices import VoiceRegistry
 
 _LOGGER = logging.getLogger(__name__)
 
 SYNTHESIZER_SERVICE = synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name
+STATS_SERVICE = stats_pb2.DESCRIPTOR.services_by_name["Stats"].full_name
 
 
 @dataclass
@@ -39,6 +45,15 @@ class App:
     scheduler: Scheduler
     synthesizer: Synthesizer
     health: health.aio.HealthServicer
+    metrics: Optional[Metrics] = None
+    stats: Optional[StatsServicer] = None
+    exporter: Optional[PrometheusExporter] = None
+    gpu: Optional[GpuMonitor] = None
+
+    @property
+    def metrics_port(self) -> Optional[int]:
+        """Port of the Prometheus endpoint, None when it is off."""
+        return self.exporter.port if self.exporter else None
 
     @property
     def address(self) -> str:
@@ -49,9 +64,12 @@ class App:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish for `grace` s."""
         self.scheduler.drain()
         await self.health.enter_graceful_shutdown()
+        if self.stats is not None:
+            await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
         await self.server.stop(self.settings.grace_s if grace is None else grace)
         await self.scheduler.close()
         self.synthesizer.close()
+        await _stop_observability(self)
 
 
 def load_voices(settings: Settings) -> VoiceRegistry:
@@ -67,18 +85,27 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     pool = SessionPool(settings)
     # Model load is seconds of blocking work: keep it off the event loop.
     await asyncio.get_running_loop().run_in_executor(None, pool.sessions, voices.default)
-    scheduler = Scheduler(settings.pool_size, settings.max_queue)
+    metrics = Metrics(enabled=settings.metrics)
+    scheduler = Scheduler(settings.pool_size, settings.max_queue, metrics)
     await scheduler.start()
     synthesizer = Synthesizer(settings, pool, scheduler)
 
     server = grpc.aio.server(options=_channel_options())
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
+    gpu = GpuMonitor()
+    builder = SnapshotBuilder(metrics, scheduler, pool, synthesizer.cache, gpu, settings.enable_profiling)
+    stats = StatsServicer(builder, profiling=settings.enable_profiling)
+    stats_pb2_grpc.add_StatsServicer_to_server(stats, server)
     health_servicer = await _add_health(server)
-    enable_reflection(server, (SYNTHESIZER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
+    enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE,
+                               health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     port = server.add_insecure_port(f"{_bracket(settings.host)}:{settings.port}")
+    exporter = _start_exporter(settings, builder)
+    _start_profiling(settings)
     await server.start()
-    app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer)
+    app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
+              metrics=metrics, stats=stats, exporter=exporter, gpu=gpu)
     _LOGGER.info("ready on %s (voice %s, pool %d, %.1f s to start)", app.address,
                  voices.default.name, settings.pool_size, time.monotonic() - started)
     return app
@@ -88,7 +115,34 @@ async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     await servicer.set(SYNTHESIZER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await servicer.set(STATS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     return servicer
+
+
+def _start_exporter(settings: Settings, builder: SnapshotBuilder) -> Optional[PrometheusExporter]:
+    """The Prometheus endpoint on host:--metrics-port, or None when the flag is not given."""
+    if settings.metrics_port is None:
+        return None
+    exporter = PrometheusExporter(builder.build, asyncio.get_running_loop())
+    port = exporter.start(settings.host, settings.metrics_port)
+    _LOGGER.info("Prometheus metrics on http://%s:%d/metrics", _bracket(settings.host), port)
+    return exporter
+
+
+def _start_profiling(settings: Settings) -> None:
+    if settings.enable_profiling and not tracemalloc.is_tracing():
+        # Every allocation records its line from now on: slower, more memory.
+        tracemalloc.start()
+        _LOGGER.warning("allocation tracing is on (--enable-profiling): expect slower requests")
+
+
+async def _stop_observability(app: App) -> None:
+    if app.exporter is not None:
+        await app.exporter.stop()
+    if app.gpu is not None:
+        app.gpu.close()
+    if app.settings.enable_profiling and tracemalloc.is_tracing():
+        tracemalloc.stop()
 
 
 def _channel_options() -> list[tuple[str, int]]:
