@@ -9,6 +9,7 @@ import logging
 import statistics
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -231,3 +232,51 @@ async def test_stats_command_reports_a_bad_interval(app):
                         "--watch", "--interval-ms", "5"])
     assert result.code == 2
     assert "interval_ms" in result.err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (("--log-format", "xml"), "--log-format"),
+    (("--metrics-port", "70000"), "metrics-port"),
+])
+async def test_observability_flags_are_checked_before_loading_models(flags, named):
+    result = await run([sys.executable, "-m", "server", *flags])
+    assert result.code == 2, result.explain()
+    assert named in result.err
+
+
+async def _line(stream, prefix: str) -> str:
+    """The first line of `stream` that contains `prefix` (each read with a timeout)."""
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), _TIMEOUT)).decode()
+        if not line:
+            raise AssertionError(f"stream ended before a line with {prefix!r}")
+        if prefix in line:
+            return line
+
+
+@pytest.mark.slow
+async def test_server_process_logs_json_lines_and_serves_metrics():
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "--port", "0", "--grace-s", "0", "--log-format", "json",
+        "--metrics-port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        metrics_line = json.loads(await _line(process.stderr, "Prometheus metrics on"))
+        metrics_url = metrics_line["message"].split()[-1]
+        address = (await _line(process.stdout, "listening on")).split()[-1]
+        async with grpc.aio.insecure_channel(address) as channel:
+            from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+
+            await pb_grpc.SynthesizerStub(channel).Synthesize(
+                pb.SynthesizeRequest(text="Logged as JSON."), metadata=(("x-request-id", "json-1"),),
+                timeout=_TIMEOUT)
+        request_line = json.loads(await _line(process.stderr, '"json-1"'))
+        scrape = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+            None, lambda: urllib.request.urlopen(metrics_url, timeout=_TIMEOUT).read().decode()), _TIMEOUT)
+    finally:
+        process.terminate()
+        _, rest = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    assert request_line["logger"] == "server.requests" and request_line["status"] == "OK"
+    assert request_line["rpc"] == "Synthesize" and request_line["chars"] == len("Logged as JSON.")
+    assert 'speakstream_requests_total{code="OK",method="Synthesize"} 1.0' in scrape
+    for line in rest.decode().splitlines():  # every other line is JSON too
+        json.loads(line)
