@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +12,7 @@ import time
 from typing import Optional, Sequence
 
 _READY_PREFIX = "speakstream listening on "
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerProcess:
@@ -24,7 +27,7 @@ class ServerProcess:
     def __enter__(self) -> "ServerProcess":
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING", *self._args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
         self.address = self._wait_ready()
         return self
 
@@ -54,6 +57,15 @@ class ServerProcess:
         with open(f"/proc/{self.process.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the benchmark dies, so no server is left running."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the with-block still stops the server on a normal exit
 
 
 def _status_kb(pid: int, key: str) -> int:
