@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import shlex
 import statistics
 import sys
 import time
@@ -19,7 +21,7 @@ from speakstream.v1 import stats_pb2 as spb
 from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 
-from external_tools import run
+from external_tools import REPO, grpcurl_path, run
 from server.requestlog import JsonFormatter
 
 _TIMEOUT = 60
@@ -280,3 +282,35 @@ async def test_server_process_logs_json_lines_and_serves_metrics():
     assert 'speakstream_requests_total{code="OK",method="Synthesize"} 1.0' in scrape
     for line in rest.decode().splitlines():  # every other line is JSON too
         json.loads(line)
+
+
+def _operations_examples() -> list[tuple[tuple[str, ...], str]]:
+    """Every grpcurl command of the Metrics section of docs/OPERATIONS.md, with the status it expects."""
+    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    examples = []
+    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
+        for line in block.splitlines():
+            if line.startswith("grpcurl "):
+                expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
+                examples.append((tuple(shlex.split(line, comments=True)), expected.group(1) if expected else ""))
+    return examples
+
+
+def test_operations_doc_has_grpcurl_examples_for_every_stats_rpc():
+    commands = " ".join(" ".join(argv) for argv, _ in _operations_examples())
+    for rpc in ("Stats/GetStats", "Stats/WatchStats", "Stats/ProfileMemory"):
+        assert rpc in commands
+
+
+@pytest.mark.parametrize("argv, expected_status", _operations_examples(), ids=lambda v: " ".join(v)[-60:]
+                         if isinstance(v, tuple) else v)
+async def test_operations_doc_example_runs(app, argv, expected_status):
+    result = await run([grpcurl_path(), *(app.address if a == "localhost:50051" else a for a in argv[1:])])
+    if expected_status:
+        assert f"Code: {expected_status}" in result.err, result.explain()
+    else:
+        assert result.code == 0, result.explain()
+        assert result.out.strip()
+    if "Stats/WatchStats" in argv:  # snapshots came before -max-time ended the stream
+        assert result.out.count('"uptimeS"') >= 2, result.explain()
