@@ -244,6 +244,7 @@ def stats_dict(result: SayResult) -> dict:
         stats.update({
             "time_to_first_sound_ms": ms(pb_stats.first_sound_at),
             "first_chunk_to_first_sound_ms": ms(pb_stats.first_sound_at, result.first_chunk_at),
+            "first_chunk_to_device_start_ms": ms(pb_stats.started_at, result.first_chunk_at),
             "underruns": pb_stats.underruns,
             "silence_ms": round(1000 * pb_stats.silence_frames / rate, 1),
             "max_buffer_fill_ms": round(1000 * pb_stats.max_fill_frames / rate, 1),
@@ -307,6 +308,10 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int) ->
         show_progress = sys.stderr.isatty() and text_chars >= _AUTO_PROGRESS_CHARS
     progress = Progress(text_chars, sys.stderr) if show_progress else None
     player = Player(options.player) if options.play else None
+    if player is not None:
+        # The feeder and PortAudio's callback wait for the GIL whenever the
+        # receiver holds it; a 1 ms switch interval (not 5) bounds that wait.
+        sys.setswitchinterval(0.001)
     try:
         with contextlib.ExitStack() as stack:
             if player is not None:

@@ -13,6 +13,8 @@ import types
 import numpy as np
 import pytest
 
+import fastaudio
+
 from clients.player import AudioUnavailable, Player, PlayerConfig, list_output_devices
 from clients.progress import Progress
 
@@ -213,6 +215,8 @@ def _traced_peak(cycle, cycles):
     return peak - start
 
 
+@pytest.mark.skipif(fastaudio.IMPLEMENTATION != "cython",
+                    reason="the numpy fallback's read_into allocates; the extension's does not")
 def test_the_playing_callback_allocates_nothing(pyaudio):
     cycles = 150
     with _player(pyaudio, prebuffer_ms=0) as player:
@@ -292,3 +296,15 @@ def test_progress_counts_the_sentences_spoken_up_to_a_position():
     progress.show(1000)
     progress.close()
     assert out.getvalue().endswith("100%  3 sentences done\n")
+
+
+def test_the_benchmarks_jitter_model_counts_a_late_chunk_once_and_grows_the_prebuffer():
+    from clients.bench_playback import prebuffer_sweep, simulate
+
+    # (arrival s, audio s): 0.5 s of audio, then the next chunk 0.8 s later.
+    trace = [(0.0, 0.5), (0.8, 0.5), (0.85, 0.05), (1.0, 1.0)]
+    assert simulate(trace, prebuffer_ms=100) == {"underruns": 1, "start_delay_ms": 0.0}
+    assert simulate(trace, prebuffer_ms=1000)["underruns"] == 0
+    assert simulate(trace, prebuffer_ms=1000)["start_delay_ms"] == pytest.approx(800)  # 1 s buffered
+    sweep = prebuffer_sweep([trace], prebuffers=(100, 1000))
+    assert sweep["100"]["streams_with_underrun"] == 1 and sweep["1000"]["underruns"] == 0
