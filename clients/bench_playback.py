@@ -174,7 +174,8 @@ def simulate(trace: list[tuple[float, float]], prebuffer_ms: float,
     :returns: underruns and the start delay after the first chunk, in ms.
     """
     target, level, playing = prebuffer_ms / 1000, 0.0, False
-    now, underruns, started_at = trace[0][0], 0, None
+    now, underruns = trace[0][0], 0
+    started_at: Optional[float] = None
     for k, (arrival, audio_s) in enumerate(trace):
         if playing:
             level -= arrival - now
@@ -187,6 +188,7 @@ def simulate(trace: list[tuple[float, float]], prebuffer_ms: float,
         if not playing and (level >= target or k == len(trace) - 1):
             playing = True
             started_at = arrival if started_at is None else started_at
+    assert started_at is not None  # the last chunk always starts playback
     return {"underruns": underruns, "start_delay_ms": 1000 * (started_at - trace[0][0])}
 
 

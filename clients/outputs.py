@@ -31,6 +31,7 @@ class WavOutput:
 
     def write(self, pcm: bytes) -> None:
         """Append int16 samples."""
+        assert self._wav is not None, "open() first"
         self._wav.writeframes(pcm)
         self.samples += len(pcm) // 2
 

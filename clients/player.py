@@ -159,6 +159,10 @@ class Player:
     :param pyaudio_module: stands in for the ``pyaudio`` module (tests).
     """
 
+    # Made by open(); _opened says whether it ran.
+    _ring: RingBuffer
+    _chunker: Chunker
+
     def __init__(self, config: PlayerConfig = PlayerConfig(), *, pyaudio_module: Any = None):
         self.config = config
         self.device_log = ""
@@ -167,8 +171,7 @@ class Player:
         self._pa: Any = None
         self._device: Optional[OutputDevice] = None
         self._stream: Any = None
-        self._ring: Optional[RingBuffer] = None
-        self._chunker: Optional[Chunker] = None
+        self._opened = False
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._feeder: Optional[threading.Thread] = None
         self._idle = threading.Condition()
@@ -248,6 +251,7 @@ class Player:
         self._ring = RingBuffer(_frames(sample_rate, cfg.ring_ms), _BYTES_PER_FRAME, sample_rate)
         self._chunker = Chunker(_frames(sample_rate, cfg.frame_ms) * _BYTES_PER_FRAME)
         self._make_buffers()
+        self._opened = True
         try:
             with _captured_stderr(cfg.quiet) as log:
                 self._stream = self._pa.open(
@@ -294,7 +298,7 @@ class Player:
 
     def frames_played(self) -> int:
         """Frames the callback has taken from the ring so far."""
-        return self._frames_written - self._ring.fill_frames if self._ring is not None else 0
+        return self._frames_written - self._ring.fill_frames if self._opened else 0
 
     def finish(self, on_wait: Optional[Callable[[], None]] = None) -> PlaybackStats:
         """End the input, play to the last sample, stop the device; the stats.
@@ -329,7 +333,7 @@ class Player:
     def abort(self) -> None:
         """Stop at once, dropping what is buffered (Ctrl-C)."""
         self._aborted = True
-        if self._ring is not None:
+        if self._opened:
             self._ring.close()  # wakes a feeder waiting for room
         self.end()
         if self._stream is not None:
@@ -340,7 +344,7 @@ class Player:
 
     def stats(self) -> PlaybackStats:
         """A snapshot of what the player did so far."""
-        ring = self._ring
+        ring = self._ring if self._opened else None
         return PlaybackStats(
             sample_rate=self._sample_rate,
             frames=self._frames_written,

@@ -8,8 +8,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import grpc
 
@@ -153,8 +153,7 @@ def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
 def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeRequest:
     """A SynthesizeRequest carrying the flags that were given."""
     request = pb.SynthesizeRequest(text=text, voice=args.voice, encoding=pb.AUDIO_ENCODING_LINEAR16,
-                                   sample_rate_hz=getattr(args, "rate", 0) or 0,
-                                   chunk_ms=getattr(args, "chunk_ms", 0) or 0)
+                                   sample_rate_hz=args.rate, chunk_ms=args.chunk_ms)
     for field_name, value in (("speaker_id", args.speaker), ("speed", args.speed),
                               ("noise_scale", args.noise_scale), ("noise_w", args.noise_w)):
         if value is not None:
@@ -176,7 +175,6 @@ class SayResult:
     sample_rate: int = 0
     sentences: int = 0
     playback: Optional[PlaybackStats] = None
-    outputs: list = field(default_factory=list)
 
     @property
     def audio_s(self) -> float:
@@ -229,7 +227,7 @@ def stats_dict(result: SayResult) -> dict:
     def ms(t: Optional[float], since: Optional[float] = result.started_at) -> Optional[float]:
         return None if t is None or since is None else round(1000 * (t - since), 2)
 
-    stats = {
+    stats: dict[str, Any] = {
         "time_to_first_chunk_ms": ms(result.first_chunk_at),
         "audio_s": round(result.audio_s, 3),
         "chunks": result.chunks,

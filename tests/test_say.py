@@ -7,7 +7,6 @@ deterministic request (noise_scale = noise_w = 0).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
