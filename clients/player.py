@@ -9,7 +9,9 @@ Three threads meet here, each with one job:
   when playback starts and resumes;
 - PortAudio's callback reads the ring (its only consumer). In the playing
   state it allocates no Python object: it fills a preallocated buffer and
-  returns a preallocated tuple.
+  returns a preallocated tuple. (PyAudio's C wrapper still builds the
+  arguments of each call, a frame count and a time-info dict; that is
+  PyAudio's, beyond reach from Python.)
 
 Jitter buffer: the device starts once ``prebuffer_ms`` of audio is in the
 ring, or the input has ended. If the ring runs dry while the input is still
