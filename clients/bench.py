@@ -7,7 +7,8 @@ Sections:
 - load: throughput and TTFA at concurrency 1, 2, 4, 8, 16;
 - memory: server RSS idle, peak under concurrency 8, and over a soak;
 - overhead: a short request's total time minus the floor for its segments;
-- fastaudio: the playback client's audio path, extension vs numpy.
+- fastaudio: the playback client's audio path, extension vs numpy;
+- playback: first chunk to first frame handed to PortAudio, client CPU per audio second.
 Ratios are computed from figures measured in this same run.
 """
 
@@ -324,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (default %(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--soak", type=int, default=2000, help="soak requests; 0 skips (default %(default)s)")
-    p.add_argument("--sections", nargs="+", default=["server", "fastaudio"],
-                   choices=["server", "fastaudio"], help="what to run")
+    p.add_argument("--sections", nargs="+", default=["server", "fastaudio", "playback"],
+                   choices=["server", "fastaudio", "playback"], help="what to run (default: all)")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     return p
 
@@ -351,6 +352,11 @@ def main(argv=None) -> int:
 
         results["fastaudio"] = bench_fastaudio.run()
         print("\nfastaudio:", json.dumps(results["fastaudio"].get("summary", results["fastaudio"]), indent=1))
+    if "playback" in args.sections:
+        from clients import bench_playback
+
+        results["playback"] = bench_playback.run()
+        print("\nplayback:", json.dumps(results["playback"].get("summary", {}), indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}", file=sys.stderr)

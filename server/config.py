@@ -76,6 +76,9 @@ class Settings:
     arena_same_as_requested: bool = True
     """Grow the CPU arena by what a run asks for, not to the next power of two."""
 
+    arena_shrink_every: int = 0
+    """Return the arena's free chunks to the OS after every Nth run of a session; 0 = never."""
+
     max_queue: int = 64
     """Calls admitted beyond pool_size; more get RESOURCE_EXHAUSTED at once."""
 
@@ -124,6 +127,7 @@ class Settings:
         _check_range("first_chunk_phonemes", self.first_chunk_phonemes, 8, 100_000)
         _check_range("lookahead_chunks", self.lookahead_chunks, 1, 64)
         _check_range("cache_mb", self.cache_mb, 0, 1_000_000)
+        _check_range("arena_shrink_every", self.arena_shrink_every, 0, 1_000_000)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         if self.grace_s < 0:

@@ -173,6 +173,12 @@ class VoiceSessions:
         """Synthesize one segment; blocking, call from a worker thread. Returns float32 audio."""
         slot = self._pick()
         feeds = self._feeds(ids, scales, speaker_id)
+        every = self._settings.arena_shrink_every
+        if every and slot.runs % every == every - 1:
+            run_options = run_options or ort.RunOptions()
+            # Give the arena's free chunks back to the OS now and then, so
+            # peak RSS follows the runs in flight, not every size ever seen.
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         start = time.monotonic()
         try:
             audio = slot.session.run(None, feeds, run_options)[0]
