@@ -338,10 +338,12 @@ class Player:
         if self._opened:
             self._ring.close()  # wakes a feeder waiting for room
         self.end()
-        if self._stream is not None:
-            _quietly(self._stream.close)  # Pa_CloseStream discards pending buffers
+        # The feeder may be inside Pa_StartStream: closing the stream under it
+        # trips PortAudio's mutex assertion (SIGABRT), so it must stop first.
         if self._feeder is not None:
             self._feeder.join(timeout=2.0)
+        if self._stream is not None:
+            _quietly(self._stream.close)  # Pa_CloseStream discards pending buffers
         self._finished = True
 
     def stats(self) -> PlaybackStats:
