@@ -28,8 +28,14 @@ SOURCES := pyproject.toml setup.py $(wildcard protos/speakstream/v1/*.proto) \
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# System packages (compiler, PortAudio headers, Node.js): installed with apt-get
+# when missing and run as root, else named.
+.PHONY: system-deps
+system-deps:
+	@bash .ci/system-deps
+
 # Editable install: builds the gRPC stubs and the fastaudio extension in place.
-$(STAMP): $(PY) $(SOURCES)
+$(STAMP): $(PY) $(SOURCES) | system-deps
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
@@ -51,7 +57,7 @@ test: $(STAMP) $(NODE_STAMP)
 
 # The Node client's pinned packages and buf (clients/node/package-lock.json),
 # for tests/test_node_client.py and tests/test_contract.py.
-$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | system-deps
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund
 	touch $@
 
