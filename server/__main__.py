@@ -69,7 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record request counters and histograms (default: on; --no-metrics only to measure their cost)")
     p.add_argument("--enable-profiling", action="store_true", default=d.enable_profiling,
                    help="trace allocations so Stats.ProfileMemory works (slows the server; default off)")
+    _add_security_flags(p)
     return p
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS and authentication (docs/OPERATIONS.md)")
+    g.add_argument("--tls-cert", type=Path, help="server certificate chain, PEM; with --tls-key serves TLS")
+    g.add_argument("--tls-key", type=Path, help="private key of --tls-cert, PEM")
+    g.add_argument("--tls-client-ca", type=Path,
+                   help="CA certificates, PEM: require client certificates signed by them (mutual TLS)")
+    g.add_argument("--auth-token-file", type=Path,
+                   help="bearer tokens, one per line: Synthesizer and Stats calls need one (default: open)")
+    g.add_argument("--admin-token-file", type=Path,
+                   help="admin bearer tokens, one per line: only they may call Stats.ProfileMemory")
 
 
 def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
@@ -77,7 +90,7 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return Settings(
+        settings = Settings(
             host=args.host, port=args.port, voice=args.voice, voice_dir=args.voice_dir,
             device=args.device, cuda_device_id=args.cuda_device_id,
             gpu_mem_limit_mb=args.gpu_mem_limit_mb, pool_size=args.pool_size,
@@ -89,9 +102,24 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,
             log_level=args.log_level.upper(), log_format=args.log_format,
             metrics=args.metrics, metrics_port=args.metrics_port, enable_profiling=args.enable_profiling,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            auth_token_file=args.auth_token_file, admin_token_file=args.admin_token_file,
         )
     except ValueError as exc:
-        parser.error(str(exc).replace("_", "-", 1))
+        parser.error(_flag_message(exc))
+    from server.security import SecurityConfigError, load_security
+
+    try:
+        load_security(settings)  # unreadable or malformed files are usage errors too, before any model loads
+    except SecurityConfigError as exc:
+        parser.error(_flag_message(exc))
+    return settings
+
+
+def _flag_message(exc: ValueError) -> str:
+    """A Settings error as the flag's name: "max_phonemes_per_chunk: ..." → "max-phonemes-per-chunk: ..."."""
+    name, sep, rest = str(exc).partition(":")
+    return name.replace("_", "-") + sep + rest if sep and name.isidentifier() else str(exc)
 
 
 async def serve(settings: Settings) -> None:

@@ -20,8 +20,9 @@ from server.memory import tune_malloc
 from server.metrics import Metrics
 from server.pool import SessionPool
 from server.prometheus import PrometheusExporter
-from server.reflection import enable_reflection
+from server.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME, enable_reflection
 from server.scheduler import Scheduler
+from server.security import Security, load_security
 from server.service import SynthesizerServicer
 from server.stats import SnapshotBuilder, StatsServicer
 from server.synthesis import Synthesizer
@@ -31,6 +32,10 @@ _LOGGER = logging.getLogger(__name__)
 
 SYNTHESIZER_SERVICE = synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name
 STATS_SERVICE = stats_pb2.DESCRIPTOR.services_by_name["Stats"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# With --auth-token-file these stay open (probes, grpcurl list/describe); everything else needs a token.
+OPEN_SERVICES = (HEALTH_SERVICE, V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME)
+ADMIN_METHODS = (f"/{STATS_SERVICE}/ProfileMemory",)
 
 
 @dataclass
@@ -80,6 +85,7 @@ def load_voices(settings: Settings) -> VoiceRegistry:
 async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> App:
     """Load the default voice, bind, start serving, and return the running App."""
     started = time.monotonic()
+    security = load_security(settings)  # a bad certificate or token file fails before any model loads
     tune_malloc()
     voices = voices or load_voices(settings)
     pool = SessionPool(settings)
@@ -90,7 +96,8 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     await scheduler.start()
     synthesizer = Synthesizer(settings, pool, scheduler)
 
-    server = grpc.aio.server(options=_channel_options())
+    server = grpc.aio.server(options=_channel_options(),
+                             interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS))
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
     gpu = GpuMonitor()
@@ -98,9 +105,8 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     stats = StatsServicer(builder, profiling=settings.enable_profiling)
     stats_pb2_grpc.add_StatsServicer_to_server(stats, server)
     health_servicer = await _add_health(server)
-    enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE,
-                               health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
-    port = server.add_insecure_port(f"{_bracket(settings.host)}:{settings.port}")
+    enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE, HEALTH_SERVICE))
+    port = _bind(server, settings, security)
     exporter = _start_exporter(settings, builder)
     _start_profiling(settings)
     await server.start()
@@ -117,6 +123,19 @@ async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
     await servicer.set(SYNTHESIZER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await servicer.set(STATS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     return servicer
+
+
+def _bind(server: grpc.aio.Server, settings: Settings, security: Security) -> int:
+    """Add the listening port: TLS (mutual with a client CA) when configured, else plaintext."""
+    address = f"{_bracket(settings.host)}:{settings.port}"
+    credentials = security.credentials()
+    if credentials is None:
+        if security.auth is not None and settings.host not in ("127.0.0.1", "::1", "localhost"):
+            _LOGGER.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", address)
+        return server.add_insecure_port(address)
+    _LOGGER.info("TLS on %s%s%s", address, " (client certificates required)" if security.tls.client_ca else "",
+                 ", bearer tokens required" if security.auth else "")
+    return server.add_secure_port(address, credentials)
 
 
 def _start_exporter(settings: Settings, builder: SnapshotBuilder) -> Optional[PrometheusExporter]:

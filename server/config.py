@@ -115,6 +115,21 @@ class Settings:
     enable_profiling: bool = False
     """Trace allocations (tracemalloc) so Stats.ProfileMemory works; slows every allocation."""
 
+    tls_cert: Optional[Path] = None
+    """Server certificate chain (PEM); with `tls_key`, the port serves TLS instead of plaintext."""
+
+    tls_key: Optional[Path] = None
+    """Private key (PEM) of `tls_cert`."""
+
+    tls_client_ca: Optional[Path] = None
+    """CA certificates (PEM) for mutual TLS: clients must present a certificate they signed."""
+
+    auth_token_file: Optional[Path] = None
+    """Bearer tokens, one per line; when set, Synthesizer and Stats calls need one (health, reflection stay open)."""
+
+    admin_token_file: Optional[Path] = None
+    """Bearer tokens for admin-only methods (Stats.ProfileMemory), one per line; they work everywhere."""
+
     def __post_init__(self):
         _check_range("port", self.port, 0, 65535)
         _check_range("pool_size", self.pool_size, 1, 256)
@@ -136,6 +151,20 @@ class Settings:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if self.metrics_port is not None:
             _check_range("metrics_port", self.metrics_port, 0, 65535)
+        self._check_security_files()
+
+    def _check_security_files(self) -> None:
+        """Pairs that go together, and files that exist; their contents are checked by server.security."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert: TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: mutual TLS needs --tls-cert and --tls-key too")
+        if self.admin_token_file is not None and self.auth_token_file is None:
+            raise ValueError("admin_token_file: admin tokens need --auth-token-file too")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "admin_token_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
