@@ -7,6 +7,7 @@ Sections:
 - load: throughput and TTFA at concurrency 1, 2, 4, 8, 16;
 - memory: server RSS idle, peak under concurrency 8, and over a soak;
 - overhead: a short request's total time minus the floor for its segments;
+- metrics: throughput and server CPU with metrics on (watched and scraped) vs off;
 - fastaudio: the playback client's audio path, extension vs numpy;
 - playback: first chunk to first frame handed to PortAudio, client CPU per audio second.
 Ratios are computed from figures measured in this same run.
@@ -241,6 +242,78 @@ async def bench_overhead(stub, floor_s: float, repeats: int) -> dict:
     return {"total_s": total, "floor_s": floor_s, "overhead_s": total - floor_s}
 
 
+# ---------------------------------------------------------------- metrics cost
+
+
+async def _observe(channel, metrics_port: int, stop: asyncio.Event) -> None:
+    """What an operator adds: a WatchStats watcher at 1 s and a /metrics scrape every 5 s."""
+    import urllib.request
+
+    from speakstream.v1 import stats_pb2, stats_pb2_grpc
+
+    call = stats_pb2_grpc.StatsStub(channel).WatchStats(stats_pb2.WatchStatsRequest(interval_ms=1000))
+    loop, last_scrape = asyncio.get_running_loop(), 0.0
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    while not stop.is_set():
+        await asyncio.wait_for(call.read(), 30)
+        if time.monotonic() - last_scrape > 5:
+            last_scrape = time.monotonic()
+            await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=10).read())
+    call.cancel()
+
+
+async def _metrics_arm(mode: str, seconds: float) -> dict:
+    port = _free_port()
+    args = ["--metrics-port", str(port)] if mode == "on" else ["--no-metrics"]
+    with ServerProcess(args) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.SynthesizerStub(channel)
+            await bench_load(stub, os.cpu_count() or 1, 3, 1)  # warm
+            stop = asyncio.Event()
+            observer = asyncio.ensure_future(_observe(channel, port, stop)) if mode == "on" else None
+            cpu = server.cpu_s()
+            load = await bench_load(stub, os.cpu_count() or 1, seconds, 1)
+            cpu = server.cpu_s() - cpu
+            stop.set()
+            if observer:
+                await observer
+    audio_s = load["audio_s_per_s"] * seconds
+    return {"mode": mode, "audio_s_per_s": load["audio_s_per_s"], "cpu_s_per_audio_s": cpu / audio_s}
+
+
+async def bench_metrics(seconds: float, rounds: int = 3) -> dict:
+    """Throughput and server CPU per audio second with metrics on (and watched) vs off.
+
+    Arms alternate order each round, so drift on a shared machine hits both.
+    """
+    arms, rounds_out = [], []
+    for n in range(rounds):
+        pair = {}
+        for mode in (("on", "off") if n % 2 == 0 else ("off", "on")):
+            pair[mode] = await _metrics_arm(mode, seconds)
+            arms.append(pair[mode])
+        rounds_out.append({
+            "throughput_cost_pct": 100 * (1 - pair["on"]["audio_s_per_s"] / pair["off"]["audio_s_per_s"]),
+            "cpu_cost_pct": 100 * (pair["on"]["cpu_s_per_audio_s"] / pair["off"]["cpu_s_per_audio_s"] - 1),
+        })
+    # Each round's two arms ran back to back: their ratio cancels the machine's
+    # drift, and the median of the ratios drops a round that a neighbour disturbed.
+    return {
+        "arms": arms,
+        "rounds": rounds_out,
+        "throughput_cost_pct": statistics.median(r["throughput_cost_pct"] for r in rounds_out),
+        "cpu_cost_pct": statistics.median(r["cpu_cost_pct"] for r in rounds_out),
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -325,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (default %(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--soak", type=int, default=2000, help="soak requests; 0 skips (default %(default)s)")
-    p.add_argument("--sections", nargs="+", default=["server", "fastaudio", "playback"],
-                   choices=["server", "fastaudio", "playback"], help="what to run (default: all)")
+    p.add_argument("--sections", nargs="+", default=["server", "metrics", "fastaudio", "playback"],
+                   choices=["server", "metrics", "fastaudio", "playback"], help="what to run (default: all)")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     return p
 
@@ -347,6 +420,12 @@ def main(argv=None) -> int:
                 results["server"] = asyncio.run(run_server_sections(args, results["floor"], server))
         results["targets"] = targets(results)
         print_table(results)
+    if "metrics" in args.sections and not args.target:
+        print("measuring the cost of metrics ...", file=sys.stderr)
+        results["metrics"] = asyncio.run(bench_metrics(args.seconds))
+        m = results["metrics"]
+        print(f"\nmetrics on vs off: throughput cost {m['throughput_cost_pct']:+.1f}%, "
+              f"server CPU per audio second {m['cpu_cost_pct']:+.1f}%")
     if "fastaudio" in args.sections:
         from clients import bench_fastaudio
 
