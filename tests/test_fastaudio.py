@@ -18,21 +18,15 @@ import pytest
 import fastaudio
 from fastaudio import _errors
 
-_IMPLEMENTATIONS = {"cython": "fastaudio._fastaudio", "numpy": "fastaudio._fallback"}
+from fastaudio_impls import IMPLEMENTATIONS, is_extension, load
 
 
-@pytest.fixture(scope="module", params=sorted(_IMPLEMENTATIONS))
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
 def fa(request):
     """The implementation module under test."""
-    if request.param == "cython":
-        return pytest.importorskip(
-            _IMPLEMENTATIONS["cython"],
-            reason="extension not built: python setup.py build_ext --inplace")
-    return importlib.import_module(_IMPLEMENTATIONS[request.param])
+    return load(request.param)
 
 
-def _is_extension(fa):
-    return fa.__name__ == _IMPLEMENTATIONS["cython"]
 
 
 # --------------------------------------------------------------------------
@@ -40,7 +34,7 @@ def _is_extension(fa):
 # --------------------------------------------------------------------------
 
 def test_implementation_names_the_module_whose_classes_are_exported():
-    module = importlib.import_module(_IMPLEMENTATIONS[fastaudio.IMPLEMENTATION])
+    module = importlib.import_module(IMPLEMENTATIONS[fastaudio.IMPLEMENTATION])
     assert fastaudio.RingBuffer is module.RingBuffer
     assert fastaudio.float32_to_int16 is module.float32_to_int16
 
@@ -59,8 +53,8 @@ def test_both_implementations_raise_the_same_exception_classes(fa):
 
 
 def test_both_implementations_expose_the_same_public_api():
-    extension = pytest.importorskip(_IMPLEMENTATIONS["cython"])
-    fallback = importlib.import_module(_IMPLEMENTATIONS["numpy"])
+    extension = load("cython")
+    fallback = importlib.import_module(IMPLEMENTATIONS["numpy"])
     assert sorted(extension.__all__) == sorted(fallback.__all__)
     for name in ("Block", "BufferPool", "RingBuffer", "Chunker"):
         def public(cls):
@@ -201,7 +195,7 @@ def test_blocks_cannot_be_created_outside_a_pool(fa):
 
 
 def test_a_released_block_refuses_new_views(fa):
-    if not _is_extension(fa):
+    if not is_extension(fa):
         pytest.skip("pure Python before 3.12 cannot refuse a buffer export (PEP 688)")
     pool = fa.BufferPool(4, 1)
     block = pool.acquire()

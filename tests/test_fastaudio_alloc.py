@@ -13,14 +13,13 @@ Buffers here are bytearrays: numpy's own __getbuffer__ allocates (and frees)
 a small buffer-info record on each export, which is numpy's cost, not ours.
 """
 
-import importlib
 import itertools
 import tracemalloc
 
 import numpy as np
 import pytest
 
-_IMPLEMENTATIONS = {"cython": "fastaudio._fastaudio", "numpy": "fastaudio._fallback"}
+from fastaudio_impls import IMPLEMENTATIONS, load
 _CYCLES = 10_000
 _SAMPLE_RATE = 22_050
 _FRAME_SAMPLES = 441  # 20 ms at 22,050 Hz
@@ -29,14 +28,10 @@ _FRAME_BYTES = 2 * _FRAME_SAMPLES
 _MAX_GROWTH_BYTES = 8 * 1024
 
 
-@pytest.fixture(scope="module", params=sorted(_IMPLEMENTATIONS))
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
 def fa(request):
     """The implementation module under test."""
-    if request.param == "cython":
-        return pytest.importorskip(
-            _IMPLEMENTATIONS["cython"],
-            reason="extension not built: python setup.py build_ext --inplace")
-    return importlib.import_module(_IMPLEMENTATIONS[request.param])
+    return load(request.param)
 
 
 def _traced(cycle, cycles=_CYCLES):
@@ -61,7 +56,7 @@ def _audio(samples, seed=0):
 
 
 def test_extension_ring_and_conversions_allocate_nothing_per_frame():
-    fa = pytest.importorskip(_IMPLEMENTATIONS["cython"])
+    fa = load("cython")
     src = _audio(_FRAME_SAMPLES)
     pcm, device, floats = bytearray(_FRAME_BYTES), bytearray(_FRAME_BYTES), bytearray(len(src))
     ring = fa.RingBuffer(10 * _FRAME_SAMPLES, 2, _SAMPLE_RATE)
@@ -83,7 +78,7 @@ def test_extension_ring_and_conversions_allocate_nothing_per_frame():
 
 
 def test_extension_read_into_on_underrun_allocates_nothing():
-    fa = pytest.importorskip(_IMPLEMENTATIONS["cython"])
+    fa = load("cython")
     ring = fa.RingBuffer(4 * _FRAME_SAMPLES, 2, _SAMPLE_RATE)
     device = bytearray(_FRAME_BYTES)
     _, empty_peak = _traced(lambda: None)

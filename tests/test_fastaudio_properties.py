@@ -11,17 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-_IMPLEMENTATIONS = {"cython": "fastaudio._fastaudio", "numpy": "fastaudio._fallback"}
+from fastaudio_impls import IMPLEMENTATIONS, load
 
 
-@pytest.fixture(scope="module", params=sorted(_IMPLEMENTATIONS))
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
 def fa(request):
     """The implementation module under test."""
-    if request.param == "cython":
-        return pytest.importorskip(
-            _IMPLEMENTATIONS["cython"],
-            reason="extension not built: python setup.py build_ext --inplace")
-    return importlib.import_module(_IMPLEMENTATIONS[request.param])
+    return load(request.param)
 
 
 # Deadlines off: CI machines are noisy and these are correctness properties.
@@ -59,8 +55,8 @@ def test_int16_to_float32_equals_the_numpy_reference_bit_for_bit(fa, x, gain):
 @_settings
 @given(x=_float32_arrays, gain=_gains)
 def test_both_implementations_convert_identically(x, gain):
-    extension = pytest.importorskip(_IMPLEMENTATIONS["cython"])
-    fallback = importlib.import_module(_IMPLEMENTATIONS["numpy"])
+    extension = load("cython")
+    fallback = importlib.import_module(IMPLEMENTATIONS["numpy"])
     assert (extension.float32_to_int16(x, gain=gain)
             == fallback.float32_to_int16(x, gain=gain))
 

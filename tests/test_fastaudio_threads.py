@@ -5,7 +5,6 @@ for RingBuffer.writer_waiting, and every join has a timeout.
 """
 
 import hashlib
-import importlib
 import statistics
 import threading
 import time
@@ -13,18 +12,14 @@ import time
 import numpy as np
 import pytest
 
-_IMPLEMENTATIONS = {"cython": "fastaudio._fastaudio", "numpy": "fastaudio._fallback"}
+from fastaudio_impls import IMPLEMENTATIONS, load
 _JOIN_TIMEOUT = 30.0
 
 
-@pytest.fixture(scope="module", params=sorted(_IMPLEMENTATIONS))
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
 def fa(request):
     """The implementation module under test."""
-    if request.param == "cython":
-        return pytest.importorskip(
-            _IMPLEMENTATIONS["cython"],
-            reason="extension not built: python setup.py build_ext --inplace")
-    return importlib.import_module(_IMPLEMENTATIONS[request.param])
+    return load(request.param)
 
 
 class _Thread(threading.Thread):
