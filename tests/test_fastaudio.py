@@ -163,6 +163,8 @@ def test_most_recently_released_block_is_reused_first(fa):
     pool = fa.BufferPool(4, 3)
     a, b = pool.acquire(), pool.acquire()
     pool.release(a)
+    pool.release(b)
+    assert pool.acquire() is b
     assert pool.acquire() is a
 
 

@@ -1,6 +1,5 @@
 """End-to-end synthesis against the real server, voice and channel."""
 
-import asyncio
 import io
 import time
 import wave
