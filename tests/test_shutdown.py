@@ -27,12 +27,18 @@ async def _start_server(*flags):
             return process, line.split()[-1]
 
 
-async def _wait_not_serving(channel) -> None:
+async def _sigterm_and_wait_for_drain(process, channel) -> None:
+    """Send SIGTERM and return once health says NOT_SERVING (the server is draining).
+
+    The Watch is opened first: once draining, the server takes no new calls at all.
+    """
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-    async for response in watch:
-        if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            watch.cancel()
-            return
+    first = await asyncio.wait_for(watch.read(), _TIMEOUT)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    process.send_signal(signal.SIGTERM)
+    while (await asyncio.wait_for(watch.read(), _TIMEOUT)).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+        pass
+    watch.cancel()
 
 
 async def _finish(call) -> list:
@@ -50,8 +56,7 @@ async def test_sigterm_lets_active_streams_finish_refuses_new_calls_and_exits_0(
             stub = pb_grpc.SynthesizerStub(channel)
             calls = [stub.SynthesizeStream(pb.SynthesizeRequest(text=_TEXT), timeout=_TIMEOUT) for _ in range(4)]
             firsts = [await asyncio.wait_for(call.read(), _TIMEOUT) for call in calls]
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(_wait_not_serving(channel), _TIMEOUT)
+            await _sigterm_and_wait_for_drain(process, channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Synthesize(pb.SynthesizeRequest(text="Too late."), timeout=_TIMEOUT)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -75,8 +80,7 @@ async def test_a_second_signal_exits_at_once_without_waiting_for_streams():
             stub = pb_grpc.SynthesizerStub(channel)
             call = stub.SynthesizeStream(pb.SynthesizeRequest(text=_TEXT * 20), timeout=_TIMEOUT)
             await asyncio.wait_for(call.read(), _TIMEOUT)
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(_wait_not_serving(channel), _TIMEOUT)
+            await _sigterm_and_wait_for_drain(process, channel)
             process.send_signal(signal.SIGTERM)
             # Far sooner than the 300 s grace: the stream is abandoned.
             assert await asyncio.wait_for(process.wait(), _TIMEOUT) == 1
