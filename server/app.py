@@ -97,7 +97,7 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     synthesizer = Synthesizer(settings, pool, scheduler)
 
     server = grpc.aio.server(options=_channel_options(),
-                             interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS))
+                             interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS) or None)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
     gpu = GpuMonitor()

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import os
 import re
+import shlex
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from external_tools import REPO, grpcurl_path, run
 from server import app as app_module
 from server.__main__ import build_parser, settings_from_args
 from server.app import ADMIN_METHODS, OPEN_SERVICES, start
@@ -38,9 +40,11 @@ from server.security import (
 )
 
 _TIMEOUT = 30
-_USER_TOKEN = "user-token-0123456789"
-_OTHER_USER_TOKEN = "user-token-abcdef"
-_ADMIN_TOKEN = "admin-token-9876543210"
+# The tokens docs/OPERATIONS.md uses in its grpcurl examples.
+_USER_TOKEN = "user-token-1"
+_OTHER_USER_TOKEN = "user-token-2"
+_ADMIN_TOKEN = "admin-token-1"
+_DOC_ADDRESS, _DOC_CA = "localhost:50051", "ca.pem"
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -148,21 +152,22 @@ async def mtls_app(pki):
 
 
 @pytest.fixture(scope="module")
-async def token_app(tmp_path_factory):
-    """Plaintext on the default (loopback) host, bearer tokens, an admin token, profiling on."""
+async def token_app(pki, tmp_path_factory):
+    """TLS on the default (loopback) host, bearer tokens, an admin token, profiling on."""
     d = tmp_path_factory.mktemp("tokens")
     users, admins = d / "tokens", d / "admin-tokens"
     users.write_text(f"{_USER_TOKEN}\n\n{_OTHER_USER_TOKEN}\n")
     admins.write_text(_ADMIN_TOKEN)  # a single token, no newline
     app = await _start(Settings(port=0, pool_size=1, max_queue=4, grace_s=0, enable_profiling=True,
+                                tls_cert=pki.server.cert_path, tls_key=pki.server.key_path,
                                 auth_token_file=users, admin_token_file=admins))
     yield app
     await app.stop(grace=0)
 
 
 @pytest.fixture(scope="module")
-async def token_channel(token_app):
-    async with grpc.aio.insecure_channel(token_app.address) as channel:
+async def token_channel(token_app, pki):
+    async with grpc.aio.secure_channel(token_app.address, _credentials(pki)) as channel:
         yield channel
 
 
@@ -489,3 +494,38 @@ async def test_start_fails_on_a_bad_certificate_before_loading_any_model(pki, tm
     garbage.write_text("not a certificate")
     with pytest.raises(SecurityConfigError, match="tls_cert"):
         await asyncio.wait_for(start(Settings(port=0, tls_cert=garbage, tls_key=pki.server.key_path)), _TIMEOUT)
+
+
+# --- docs/OPERATIONS.md -----------------------------------------------------------------------
+
+def _doc_examples() -> list[tuple[tuple[str, ...], str]]:
+    """The grpcurl commands of the "TLS and authentication" section, with the status each expects."""
+    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    section = text.split("\n## TLS and authentication\n", 1)[1].split("\n## ", 1)[0]
+    examples = []
+    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
+        for line in block.splitlines():
+            if line.startswith("grpcurl "):
+                expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
+                examples.append((tuple(shlex.split(line, comments=True)), expected.group(1) if expected else ""))
+    return examples
+
+
+def test_operations_doc_shows_tokens_and_the_ca_for_each_kind_of_call():
+    commands = [" ".join(argv) for argv, _ in _doc_examples()]
+    for needle in ("Synthesizer/Synthesize ", "Stats/GetStats", "Health/Check", " list", "Stats/ProfileMemory"):
+        assert any(needle in c + " " for c in commands), needle
+    assert all("-cacert ca.pem" in c for c in commands)
+    assert {status for _, status in _doc_examples()} == {"", "Unauthenticated", "PermissionDenied"}
+
+
+@pytest.mark.parametrize("argv, expected_status", _doc_examples(),
+                         ids=lambda v: " ".join(v)[-60:] if isinstance(v, tuple) else v)
+async def test_operations_doc_example_runs(token_app, pki, argv, expected_status):
+    swap = {_DOC_ADDRESS: token_app.address, _DOC_CA: str(pki.server_ca.cert_path)}
+    result = await run([grpcurl_path(), "-max-time", str(_TIMEOUT), *(swap.get(a, a) for a in argv[1:])])
+    if expected_status:
+        assert f"Code: {expected_status}" in result.err, result.explain()
+    else:
+        assert result.code == 0, result.explain()
+        assert result.out.strip()
