@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -60,6 +60,15 @@ class Job:
             self.future.cancel()
 
 
+class RunRecord(NamedTuple):
+    """One inference as it started: whose, when queued, when started, when due."""
+
+    owner: str
+    submitted: float
+    started: float
+    due: float
+
+
 @dataclass
 class Counters:
     """What the scheduler has done since start."""
@@ -86,7 +95,7 @@ class Scheduler:
         self.active_calls = 0
         self.counters = Counters()
         self.running: dict[int, Job] = {}  # worker index -> job it runs
-        self.recent_runs: deque[tuple[str, float]] = deque(maxlen=4096)  # (owner, start)
+        self.recent_runs: deque[RunRecord] = deque(maxlen=4096)
         self._heap: list[Job] = []
         self._seq = itertools.count()
         # One release per job pushed, one acquire per job popped: a worker
@@ -213,7 +222,7 @@ class Scheduler:
         self.counters.runs_started += 1
         job.started = time.monotonic()
         self.metrics.record_queue_wait(job.started - job.submitted)
-        self.recent_runs.append((job.owner, job.started))
+        self.recent_runs.append(RunRecord(job.owner, job.submitted, job.started, job.due))
 
     def _end(self, index: int, job: Job) -> None:
         job.running = False
