@@ -82,3 +82,22 @@ def command(name: str) -> str:
     if path is None:
         pytest.fail(f"`{name}` is not on PATH; the contract tests need Node.js 18+ with npm, and git")
     return path
+
+
+def grpcurl_examples(doc: str, section: Optional[str] = None) -> list[tuple[tuple[str, ...], str]]:
+    """The grpcurl commands in the ```sh blocks of docs/`doc` (only its `## section`, if
+    given), each with the status it expects: "" for success, else the name after
+    a trailing `# fails: Name` comment (grpcurl's spelling, "InvalidArgument")."""
+    import re
+    import shlex
+
+    text = (REPO / "docs" / doc).read_text(encoding="utf-8")
+    if section is not None:
+        text = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    examples = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("grpcurl "):
+                expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
+                examples.append((tuple(shlex.split(line, comments=True)), expected.group(1) if expected else ""))
+    return examples

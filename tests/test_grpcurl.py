@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
-import shlex
 import wave
 from dataclasses import dataclass
 
@@ -17,7 +15,7 @@ import pytest
 
 from speakstream.v1 import synthesizer_pb2 as pb
 
-from external_tools import REPO, grpcurl_path, run
+from external_tools import grpcurl_examples, grpcurl_path, run
 
 _SYNTH = "speakstream.v1.Synthesizer"
 _STATS = "speakstream.v1.Stats"
@@ -195,16 +193,7 @@ class _DocExample:
 
 def _doc_examples() -> list[_DocExample]:
     """Every grpcurl command in the sh blocks of docs/API.md, with the status it expects."""
-    text = (REPO / "docs" / "API.md").read_text(encoding="utf-8")
-    examples = []
-    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
-        for line in block.replace("\\\n", " ").splitlines():
-            if not line.startswith("grpcurl "):
-                continue
-            expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
-            argv = shlex.split(line, comments=True)
-            examples.append(_DocExample(tuple(argv), expected.group(1) if expected else ""))
-    return examples
+    return [_DocExample(argv, status) for argv, status in grpcurl_examples("API.md")]
 
 
 def test_api_doc_has_grpcurl_examples_for_every_rpc():

@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import os
 import re
-import shlex
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from external_tools import REPO, grpcurl_path, run
+from external_tools import grpcurl_examples, grpcurl_path, run
 from server import app as app_module
 from server.__main__ import build_parser, settings_from_args
 from server.app import ADMIN_METHODS, OPEN_SERVICES, start
@@ -500,15 +499,7 @@ async def test_start_fails_on_a_bad_certificate_before_loading_any_model(pki, tm
 
 def _doc_examples() -> list[tuple[tuple[str, ...], str]]:
     """The grpcurl commands of the "TLS and authentication" section, with the status each expects."""
-    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
-    section = text.split("\n## TLS and authentication\n", 1)[1].split("\n## ", 1)[0]
-    examples = []
-    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
-        for line in block.splitlines():
-            if line.startswith("grpcurl "):
-                expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
-                examples.append((tuple(shlex.split(line, comments=True)), expected.group(1) if expected else ""))
-    return examples
+    return grpcurl_examples("OPERATIONS.md", "TLS and authentication")
 
 
 def test_operations_doc_shows_tokens_and_the_ca_for_each_kind_of_call():

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import shlex
 import statistics
 import sys
 import time
@@ -21,7 +19,7 @@ from speakstream.v1 import stats_pb2 as spb
 from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 
-from external_tools import REPO, grpcurl_path, run
+from external_tools import grpcurl_examples, grpcurl_path, run
 from server.requestlog import JsonFormatter
 
 _TIMEOUT = 60
@@ -286,15 +284,7 @@ async def test_server_process_logs_json_lines_and_serves_metrics():
 
 def _operations_examples() -> list[tuple[tuple[str, ...], str]]:
     """Every grpcurl command of the Metrics section of docs/OPERATIONS.md, with the status it expects."""
-    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
-    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    examples = []
-    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
-        for line in block.splitlines():
-            if line.startswith("grpcurl "):
-                expected = re.search(r"#\s*fails:\s*(\w+)\s*$", line)
-                examples.append((tuple(shlex.split(line, comments=True)), expected.group(1) if expected else ""))
-    return examples
+    return grpcurl_examples("OPERATIONS.md", "Metrics")
 
 
 def test_operations_doc_has_grpcurl_examples_for_every_stats_rpc():
