@@ -63,7 +63,8 @@ async def test_list_shows_every_served_service(grpcurl):
 async def test_list_shows_the_synthesizer_methods(grpcurl, proto):
     result = await grpcurl("list", _SYNTH, proto=proto)
     assert result.code == 0, result.explain()
-    assert set(result.out.split()) == {f"{_SYNTH}.Synthesize", f"{_SYNTH}.SynthesizeStream", f"{_SYNTH}.ListVoices"}
+    assert set(result.out.split()) == {f"{_SYNTH}.Synthesize", f"{_SYNTH}.SynthesizeStream",
+                                     f"{_SYNTH}.SynthesizeLive", f"{_SYNTH}.ListVoices"}
 
 
 @pytest.mark.parametrize("proto", [False, True], ids=["reflection", "proto"])
