@@ -1,0 +1,151 @@
+"""LiveSegmenter: incremental sentence spans of text arriving in pieces (server/live.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.frontend import normalize, split_sentences
+from server.live import LiveSegmenter
+
+_TEXTS = [
+    "Dr. Smith paid $3.50. Then he left! Did he? Yes.",
+    "Hello there.  How are you?\n\nFine, thanks. Wait... what? \"Quoted.\" (Aside.) End",
+    "St. in the city. Mr. Jones arrived at 5 p.m. today. The end.",
+    "No punctuation at all here",
+    "  Leading blanks. And trailing ones.   ",
+    "Ellipsis.. continues. Exclaims!! Really?! Ok.\tTab.",
+]
+
+
+def _char_by_char(text, **limits):
+    seg = LiveSegmenter(**{"max_pending_chars": 0, **limits})
+    spans = []
+    for n, char in enumerate(text):
+        spans.extend(seg.feed(char, now=float(n) / 1e6))
+    last = seg.flush()
+    return spans + ([last] if last else [])
+
+
+@pytest.mark.parametrize("text", _TEXTS)
+def test_char_by_char_gives_split_sentences_spans(text):
+    assert _char_by_char(text) == split_sentences(normalize(text))
+
+
+@pytest.mark.parametrize("text", _TEXTS)
+@pytest.mark.parametrize("size", [2, 3, 7, 1000])
+def test_pieces_of_any_size_give_split_sentences_spans(text, size):
+    seg = LiveSegmenter(max_pending_chars=0)
+    spans = []
+    for i in range(0, len(text), size):
+        spans.extend(seg.feed(text[i:i + size], now=0.0))
+    last = seg.flush()
+    assert spans + ([last] if last else []) == split_sentences(normalize(text))
+
+
+def test_decimal_is_not_a_sentence_end_and_dr_is_decided_as_split_sentences_does():
+    text = "Dr. Smith paid $3.50."
+    seg = LiveSegmenter()
+    spans = [span for c in text for span in seg.feed(c, now=0.0)]
+    # split_sentences (and espeak-ng) end a sentence at "Dr. " before an
+    # uppercase word; the live segmenter must agree to speak the same ids.
+    assert spans == [(0, 4)] == split_sentences(text)[:1]
+    assert seg.flush() == (4, len(text))  # never cut at "3."
+    seg = LiveSegmenter()
+    assert [seg.feed(c, now=0.0) for c in "Dr. smith paid $3.50."] == [[]] * len(text)
+    assert seg.flush() == (0, len(text))
+
+
+def test_boundary_is_decided_on_the_first_character_after_the_space():
+    seg = LiveSegmenter()
+    assert seg.feed("Dr. ", now=0.0) == []
+    assert seg.feed("   ", now=0.0) == []  # still undecided: more whitespace
+    assert seg.feed("smith is here. ", now=0.0) == []  # lowercase: not an end
+    assert seg.feed("Then", now=0.0) == [(0, 22)]
+    assert seg.text[0:22] == "Dr.    smith is here. "
+    seg2 = LiveSegmenter()
+    assert seg2.feed("Dr. ", now=0.0) == []
+    assert seg2.feed("Smith", now=0.0) == [(0, 4)]  # as split_sentences("Dr. Smith") decides
+
+
+def test_flush_mid_sentence_speaks_the_fragment_and_starts_a_new_region():
+    seg = LiveSegmenter()
+    assert seg.feed("Let me think", now=0.0) == []
+    assert seg.flush() == (0, 12)
+    assert seg.flush() is None
+    assert seg.feed(" about it. Ok", now=1.0) == [(12, 23)]
+    assert seg.pending == "Ok"
+
+
+def test_clear_drops_pending_text_and_keeps_offsets():
+    seg = LiveSegmenter()
+    seg.feed("First one. Second half", now=0.0)
+    seg.clear()
+    assert seg.pending == "" and seg.pending_since is None
+    assert seg.feed("New turn. X", now=1.0) == [(22, 32)]
+    assert seg.text[22:32] == "New turn. "
+
+
+def test_timer_forces_a_split_at_the_last_word_boundary():
+    seg = LiveSegmenter(max_pending_ms=100)
+    assert seg.feed("one two thr", now=0.0) == []
+    assert seg.due_at() == pytest.approx(0.1)
+    assert seg.force_split(now=0.05) is None  # not due yet
+    assert seg.force_split(now=0.1) == (0, 8)
+    assert seg.pending == "thr"
+    assert seg.pending_since == 0.1
+    assert seg.force_split(now=0.3) is None  # half a word is never spoken alone
+    assert seg.feed("ee ", now=0.3) == []
+    assert seg.force_split(now=0.3) == (8, 14)
+    assert seg.pending_since is None and seg.force_split(now=99.0) is None
+
+
+def test_pending_since_is_the_first_pending_character():
+    seg = LiveSegmenter(max_pending_ms=100)
+    seg.feed("   ", now=1.0)
+    assert seg.pending_since is None
+    seg.feed("a", now=2.0)
+    seg.feed("b", now=3.0)
+    assert seg.pending_since == 2.0
+    seg.feed(". C", now=4.0)
+    assert seg.pending_since == 4.0  # the sentence went out; "C" waits from now
+
+
+def test_max_pending_chars_cuts_a_run_on_at_word_boundaries():
+    words = " ".join(["word"] * 400)
+    seg = LiveSegmenter(max_pending_chars=50)
+    spans = []
+    for c in words:
+        spans.extend(seg.feed(c, now=0.0))
+        assert len(seg.pending) <= 50
+    spans.append(seg.flush())
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert spans[-1][1] == len(words)
+    for start, end in spans[:-1]:
+        assert end - start <= 50 and words[end - 1] == " "
+
+
+def test_max_pending_chars_cuts_a_word_longer_than_the_limit_at_the_limit():
+    seg = LiveSegmenter(max_pending_chars=10)
+    assert seg.feed("x" * 25, now=0.0) == [(0, 10), (10, 20)]
+    assert seg.pending == "x" * 5
+
+
+def test_offsets_count_code_points_and_normalize_keeps_lengths():
+    seg = LiveSegmenter()
+    assert seg.feed("Héllo 👋. \u200bNext", now=0.0) == [(0, 10)]
+    assert seg.offset == len("Héllo 👋. \u200bNext")
+
+
+def test_random_texts_in_random_pieces_give_split_sentences_spans():
+    import random
+    rng = random.Random(9)
+    alphabet = ["a", "b", "A", "B", " ", " ", ".", "!", "?", "..", '"', "'", ")", "]", "\n", "\t", "3", ","]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        seg, spans, i = LiveSegmenter(max_pending_chars=0), [], 0
+        while i < len(text):
+            size = rng.randint(1, 5)
+            spans.extend(seg.feed(text[i:i + size], now=0.0))
+            i += size
+        last = seg.flush()
+        assert spans + ([last] if last else []) == split_sentences(text), repr(text)
