@@ -21,10 +21,16 @@ text after it is segmented as if it began there.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from typing import Optional
+from typing import AsyncIterator, Optional
 
-from server.frontend import _SENTENCE_END, _is_sentence_end, normalize
+import numpy as np
+
+from server.errors import InvalidArgument
+from server.frontend import _SENTENCE_END, Segment, _is_sentence_end, normalize, phonemize
+from server.synthesis import _SECONDS_PER_PHONEME, AudioPiece, Synthesizer
 
 Span = tuple[int, int]
 
@@ -144,3 +150,220 @@ class LiveSegmenter:
         if not self.pending.strip():
             self.pending_since = None
         return (start, cut) if self._text[start:cut].strip() else None
+
+
+# --------------------------------------------------------------------------
+# The SynthesizeLive pipeline: spans from the segmenter -> segments -> audio.
+
+_END = object()
+
+
+@dataclasses.dataclass
+class _Item:
+    generation: int
+    segment: Segment
+    audio: asyncio.Future
+    job: object = None
+    cache_key: Optional[tuple] = None
+
+
+def span_segments(synth: Synthesizer, text: str, span: Span, first_index: int,
+                  first_of_turn: bool, options) -> list[Segment]:
+    """Segments of one span of `text`, cut as Frontend.segments cuts them: the
+    first of a turn short (first_chunk_phonemes), sentence indexes from `first_index`."""
+    frontend, config = synth._frontend, options.voice.config
+    limits = frontend._limits(options.scales.length_scale)
+    segments, index = [], first_index
+    for phonemes in phonemize(text[span[0]:span[1]], config.espeak_voice):
+        first = limits[0] if first_of_turn and index == first_index else limits[1]
+        segments.extend(frontend._cut(phonemes, text, span, index, (first, limits[1]), config))
+        index += 1
+    return segments
+
+
+class LiveCall:
+    """One SynthesizeLive call: requests in (text, flush, clear), audio pieces out.
+
+    A reader task feeds the segmenter and runs the max_pending_ms timer; a
+    producer task phonemizes complete spans on the frontend thread and keeps
+    up to `lookahead_chunks` inferences in flight; `pieces()` yields their
+    audio in order. Silence between sentences is put before the next
+    sentence's audio (the end of the text is not known in advance), so the
+    concatenated audio is the same as SynthesizeStream's.
+    """
+
+    def __init__(self, synth: Synthesizer, sessions, options, segmenter: LiveSegmenter,
+                 max_chars: int, deadline: Optional[float] = None, owner: str = ""):
+        self._synth, self._sessions, self._options = synth, sessions, options
+        self._seg, self._max_chars = segmenter, max_chars
+        self._deadline, self._owner = deadline, owner
+        self._spans: asyncio.Queue = asyncio.Queue()  # (generation, span, first_of_turn) | _END
+        self._out: asyncio.Queue = asyncio.Queue()  # _Item | _END | exception
+        self._slots = asyncio.Semaphore(synth._settings.lookahead_chunks)
+        self._generation = 0
+        self._new_turn = True
+        self._next_index = 0
+        self._turn_start = time.monotonic()
+        self._audio_s_ahead = 0.0
+        self._seconds_per_phoneme = _SECONDS_PER_PHONEME * options.scales.length_scale
+        self._silence = np.zeros(round(options.sentence_silence_s * options.sample_rate), np.float32)
+        self._tasks: list[asyncio.Task] = []
+        self._jobs: dict = {}  # id(job) -> job, in flight and not yet consumed
+
+    def start(self, requests: AsyncIterator) -> None:
+        self._tasks = [asyncio.create_task(self._read(requests)), asyncio.create_task(self._produce())]
+
+    async def pieces(self) -> AsyncIterator[AudioPiece]:
+        """Audio pieces in order; after the client's end of input, a last empty one with `final`."""
+        silence_due, last_index, end = False, 0, 0
+        while True:
+            item = await self._out.get()
+            if item is _END:
+                yield AudioPiece(audio=np.zeros(0, np.float32), span=(end, end),
+                                 sentence_index=last_index, final=True)
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._slots.release()
+            if item.generation != self._generation:
+                continue
+            await asyncio.wait({item.audio})  # returns, not raises, when a clear cancels it
+            if item.generation != self._generation:
+                continue
+            audio = item.audio.result()  # raises the inference's error (deadline, failure)
+            self._jobs.pop(id(item.job), None)
+            if item.job is not None:
+                self._synth._metrics.record_synthesized(audio.size, self._options.sample_rate)
+            if item.cache_key is not None:
+                self._synth.cache.put(item.cache_key, audio)
+            if silence_due and self._silence.size:
+                audio = np.concatenate((self._silence, audio))
+            silence_due = item.segment.ends_sentence
+            last_index, end = item.segment.sentence_index, item.segment.span[1]
+            yield AudioPiece(audio=audio, span=item.segment.span,
+                             sentence_index=item.segment.sentence_index, final=False)
+
+    def cancel_all(self) -> None:
+        """Stop reading, producing and every queued or running inference of this call."""
+        for task in self._tasks:
+            task.cancel()
+        self._cancel_jobs()
+
+    def _cancel_jobs(self) -> None:
+        for job in list(self._jobs.values()):
+            job.cancel()
+        self._jobs.clear()
+
+    # -- reader ---------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator) -> None:
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        async def pump():
+            try:
+                async for request in requests:
+                    await inbox.put(request)
+                await inbox.put(_END)
+            except Exception as exc:  # noqa: BLE001 - raised by the reader
+                await inbox.put(exc)
+
+        pumper = asyncio.create_task(pump())
+        try:
+            while True:
+                due = self._seg.due_at()
+                try:
+                    timeout = None if due is None else max(0.0, due - time.monotonic())
+                    request = await asyncio.wait_for(inbox.get(), timeout)
+                except asyncio.TimeoutError:
+                    self._emit(self._seg.force_split())
+                    continue
+                if request is _END:
+                    self._emit(self._seg.flush())
+                    self._spans.put_nowait(_END)
+                    return
+                if isinstance(request, BaseException):
+                    raise request
+                self._handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the consumer raises it
+            self._out.put_nowait(exc)
+        finally:
+            pumper.cancel()
+
+    def _handle(self, request) -> None:
+        kind = request.WhichOneof("kind")
+        if kind == "config":
+            raise InvalidArgument("config", "is sent once, in the first message")
+        if kind == "text":
+            if self._seg.offset + len(request.text) > self._max_chars:
+                raise InvalidArgument("text", f"the call's text would be over {self._max_chars} "
+                                      "characters, the limit")
+            for span in self._seg.feed(request.text):
+                self._emit(span)
+        elif kind == "flush":
+            self._emit(self._seg.flush())
+            self._new_turn = True
+        elif kind == "clear":
+            self._seg.clear()
+            self._generation += 1
+            self._new_turn = True
+            while not self._spans.empty():
+                self._spans.get_nowait()
+            self._cancel_jobs()
+
+    def _emit(self, span: Optional[Span]) -> None:
+        if span is None:
+            return
+        self._spans.put_nowait((self._generation, span, self._new_turn))
+        self._new_turn = False
+
+    # -- producer -------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                entry = await self._spans.get()
+                if entry is _END:
+                    self._out.put_nowait(_END)
+                    return
+                generation, span, first_of_turn = entry
+                text, index = self._seg.text, self._next_index
+                started = time.monotonic()
+                segments = await loop.run_in_executor(
+                    self._synth._frontend_thread, span_segments, self._synth, text, span, index,
+                    first_of_turn, self._options)
+                self._synth._metrics.record_phonemization(time.monotonic() - started)
+                if segments:
+                    self._next_index = segments[-1].sentence_index + 1
+                if first_of_turn:
+                    self._turn_start, self._audio_s_ahead = time.monotonic(), 0.0
+                for segment in segments:
+                    await self._slots.acquire()
+                    if generation != self._generation:
+                        self._slots.release()
+                        break
+                    self._out.put_nowait(self._start(generation, segment))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the consumer raises it
+            self._out.put_nowait(exc)
+
+    def _start(self, generation: int, segment: Segment) -> _Item:
+        due = self._turn_start + self._audio_s_ahead
+        self._audio_s_ahead += len(segment.phonemes) * self._seconds_per_phoneme
+        opts, cache = self._options, self._synth.cache
+        key = ((opts.voice.name, segment.ids, opts.speaker_id, opts.scales.length_scale)
+               if opts.deterministic and cache.max_bytes else None)
+        cached = cache.get(key) if key is not None else None
+        if cached is not None:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(cached)
+            return _Item(generation, segment, future)
+        sessions = self._sessions
+        job = self._synth._scheduler.submit(
+            lambda run_options: sessions.run(segment.ids, opts.scales, opts.speaker_id, run_options),
+            due=due, deadline=self._deadline, owner=self._owner)
+        self._jobs[id(job)] = job
+        return _Item(generation, segment, job.future, job, key)

@@ -14,6 +14,7 @@ import numpy as np
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from server import live
 from server import options as opts
 from server.config import Settings
 from server.encoding import Encoding, encode_pcm, encode_wav
@@ -82,6 +83,36 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                             call.audio(chunk.num_samples, options.sample_rate)
                             yield chunk
 
+    async def SynthesizeLive(self, request_iterator, context) -> AsyncIterator[pb.AudioChunk]:
+        """Text in pieces in, audio chunks out (server/live.py)."""
+        async with self._metrics.track("SynthesizeLive", context) as call, _status_on_error(context):
+            request_id = call.request_id = await _start_call(context)
+            requests = request_iterator.__aiter__()
+            first = await anext(requests, None)
+            if first is None or first.WhichOneof("kind") != "config":
+                raise InvalidArgument("config", "the first message must carry the config")
+            config = first.config
+            options = self._options(config.settings, call, streaming=True, live=True)
+            max_ms = config.max_pending_ms or live.DEFAULT_MAX_PENDING_MS
+            opts.check_range("max_pending_ms", max_ms, (50, 10_000))
+            segmenter = live.LiveSegmenter(max_ms, config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS)
+            with self._scheduler.admit():
+                chunker = _ChunkWriter(options)
+                sessions = await self._synth._sessions(options)
+                session = live.LiveCall(self._synth, sessions, options, segmenter,
+                                        self._settings.max_chars, _deadline(context), request_id)
+                session.start(requests)
+                stream = session.pieces()
+                try:
+                    async with contextlib.aclosing(stream):
+                        async for piece in stream:
+                            for chunk in chunker.chunks(piece):
+                                call.audio(chunk.num_samples, options.sample_rate)
+                                yield chunk
+                finally:
+                    session.cancel_all()
+                    call.characters = segmenter.offset
+
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         """Every voice with its language, rate, speakers and quality."""
         async with self._metrics.track("ListVoices", context) as call:
@@ -90,9 +121,15 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
 
     def _options(self, request: pb.SynthesizeRequest, call: CallRecord,
-                 streaming: bool = False) -> opts.SynthesisOptions:
+                 streaming: bool = False, live: bool = False) -> opts.SynthesisOptions:
+        """:param live: SynthesizeLive's settings: text must be empty (it comes later)."""
         call.characters, call.voice = len(request.text), request.voice
-        text = opts.check_text(request.text, self._settings.max_chars)
+        if live:
+            if request.text:
+                raise InvalidArgument("config.settings.text", "must be empty; send text in LiveRequest.text")
+            text = ""
+        else:
+            text = opts.check_text(request.text, self._settings.max_chars)
         voice = self._voices.get(request.voice)
         call.voice = voice.name
         encoding = _encoding(request.encoding, streaming)
