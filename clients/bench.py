@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -328,7 +329,7 @@ async def run_server_sections(args, floor_results: dict, server: Optional[Server
         out["load"] = []
         for c in args.concurrency:
             sampler = PeakSampler(server.rss_mb) if server else None
-            with sampler or _nothing():
+            with sampler or contextlib.nullcontext():
                 result = await bench_load(stub, c, args.seconds, min_calls=2)
             if sampler:
                 result["rss_peak_mb"] = sampler.peak
@@ -337,14 +338,6 @@ async def run_server_sections(args, floor_results: dict, server: Optional[Server
         if server and args.soak:
             out["soak"] = await bench_soak(stub, server, args.soak, 8)
     return out
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def targets(r: dict) -> dict:

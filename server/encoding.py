@@ -39,7 +39,3 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
         wav.writeframes(to_int16(audio).tobytes())
     return buffer.getvalue()
 
-
-def bytes_per_sample(encoding: Encoding) -> int:
-    """Bytes one mono sample takes in a PCM encoding."""
-    return 4 if encoding is Encoding.FLOAT32 else 2

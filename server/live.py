@@ -353,17 +353,8 @@ class LiveCall:
     def _start(self, generation: int, segment: Segment) -> _Item:
         due = self._turn_start + self._audio_s_ahead
         self._audio_s_ahead += len(segment.phonemes) * self._seconds_per_phoneme
-        opts, cache = self._options, self._synth.cache
-        key = ((opts.voice.name, segment.ids, opts.speaker_id, opts.scales.length_scale)
-               if opts.deterministic and cache.max_bytes else None)
-        cached = cache.get(key) if key is not None else None
-        if cached is not None:
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(cached)
-            return _Item(generation, segment, future)
-        sessions = self._sessions
-        job = self._synth._scheduler.submit(
-            lambda run_options: sessions.run(segment.ids, opts.scales, opts.speaker_id, run_options),
-            due=due, deadline=self._deadline, owner=self._owner)
-        self._jobs[id(job)] = job
-        return _Item(generation, segment, job.future, job, key)
+        future, job, key = self._synth.start_segment(
+            segment, self._options, self._sessions, due, self._deadline, self._owner)
+        if job is not None:
+            self._jobs[id(job)] = job
+        return _Item(generation, segment, future, job, key)

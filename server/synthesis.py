@@ -92,6 +92,27 @@ class Synthesizer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._pool.sessions, options.voice)
 
+    def start_segment(self, segment: Segment, options: SynthesisOptions, sessions: VoiceSessions,
+                      due: float, deadline: Optional[float], owner: str
+                      ) -> tuple[asyncio.Future, Optional[Job], Optional[tuple]]:
+        """Audio for `segment`: from the cache when it can be, else a scheduled inference.
+
+        :returns: the future of its float32 audio, the job (None when cached),
+            and the key to cache the result under (None: not cacheable or cached).
+        """
+        key = None
+        if options.deterministic and self.cache.max_bytes:
+            key = (options.voice.name, segment.ids, options.speaker_id, options.scales.length_scale)
+            cached = self.cache.get(key)
+            if cached is not None:
+                future = asyncio.get_running_loop().create_future()
+                future.set_result(cached)
+                return future, None, None
+        job = self._scheduler.submit(
+            lambda run_options: sessions.run(segment.ids, options.scales, options.speaker_id, run_options),
+            due=due, deadline=deadline, owner=owner)
+        return job.future, job, key
+
     async def next_segment(self, segments: Iterator[Segment]) -> Optional[Segment]:
         """The next segment, phonemized on the frontend thread; None at the end."""
         loop = asyncio.get_running_loop()
@@ -155,28 +176,13 @@ class _Call:
             self._pending.append(self._start(segment))
 
     def _start(self, segment: Segment) -> _Pending:
-        """Audio for `segment`: from the cache when it can be, else a scheduled inference."""
         # Due when the audio queued before it would have played out, counted
         # from arrival: the first segment is due at once.
         due = self._arrival + self._audio_s_ahead
         self._audio_s_ahead += len(segment.phonemes) * self._seconds_per_phoneme
-        key = self._cache_key(segment)
-        cached = self._synth.cache.get(key) if key is not None else None
-        if cached is not None:
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(cached)
-            return _Pending(segment, future)
-        sessions, opts = self._sessions, self._options
-        job = self._synth._scheduler.submit(
-            lambda run_options: sessions.run(segment.ids, opts.scales, opts.speaker_id, run_options),
-            due=due, deadline=self._deadline, owner=self._owner)
-        return _Pending(segment, job.future, job, key)
-
-    def _cache_key(self, segment: Segment) -> Optional[tuple]:
-        opts = self._options
-        if not opts.deterministic or not self._synth.cache.max_bytes:
-            return None
-        return (opts.voice.name, segment.ids, opts.speaker_id, opts.scales.length_scale)
+        future, job, key = self._synth.start_segment(
+            segment, self._options, self._sessions, due, self._deadline, self._owner)
+        return _Pending(segment, future, job, key)
 
     def cancel_all(self) -> None:
         """Cancel every queued or running inference of this call."""

@@ -150,3 +150,16 @@ async def test_wav_is_refused_for_streams(stub):
         await _collect(stub, pb.SynthesizeRequest(text="hi", encoding=pb.AUDIO_ENCODING_WAV))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "encoding" in info.value.details()
+
+
+async def test_a_repeated_deterministic_request_is_served_from_the_cache(app, stub):
+    request = _deterministic("The cache remembers this exact sentence, word for word.")
+    first, _ = await _collect(stub, request)
+    runs = app.scheduler.counters.runs_started
+    hits = app.synthesizer.cache.hits
+    again, _ = await _collect(stub, request)
+    assert app.scheduler.counters.runs_started == runs  # no inference the second time
+    assert app.synthesizer.cache.hits - hits == len(again)
+    assert b"".join(c.audio for c in again) == b"".join(c.audio for c in first)
+    noisy, _ = await _collect(stub, pb.SynthesizeRequest(text=request.text))
+    assert app.scheduler.counters.runs_started > runs  # noise on: never cached
