@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.encoding import Encoding
+from server.encoding import Encoding, output_rate
 from server.errors import InvalidArgument, NotFound
 from server.pool import Scales
 from server.voices import Voice
@@ -17,6 +17,7 @@ SPEED_RANGE = (0.25, 4.0)
 NOISE_RANGE = (0.0, 2.0)
 SILENCE_RANGE_S = (0.0, 5.0)
 CHUNK_MS_RANGE = (20, 10_000)
+SAMPLE_RATE_RANGE = (8000, 48000)
 DEFAULT_SENTENCE_SILENCE_S = 0.2
 
 
@@ -31,11 +32,18 @@ class SynthesisOptions:
     sentence_silence_s: float
     encoding: Encoding
     chunk_ms: int
+    output_rate: int = 0
+    """Rate the client gets, in Hz; 0 = the voice's own rate."""
 
     @property
     def sample_rate(self) -> int:
-        """Output sample rate in Hz."""
+        """The voice's rate in Hz: what the model produces, before any resampling."""
         return self.voice.config.sample_rate
+
+    @property
+    def client_rate(self) -> int:
+        """The rate audio is sent at (after resampling)."""
+        return self.output_rate or self.sample_rate
 
     @property
     def deterministic(self) -> bool:
@@ -60,14 +68,37 @@ def check_range(field: str, value: float, bounds: tuple[float, float]) -> float:
     return value
 
 
-def check_speaker(voice: Voice, speaker_id: int | None) -> int:
-    """The speaker id, 0 when not set; NotFound when the voice has no such speaker."""
+def check_speaker(voice: Voice, speaker_id: int | None, speaker: str = "") -> int:
+    """The speaker id from `speaker_id` or the name `speaker` (0 when neither is set).
+
+    NotFound when the voice has no such speaker; InvalidArgument when the two
+    name different speakers.
+    """
+    if speaker:
+        by_name = voice.config.speaker_id_map.get(speaker)
+        if by_name is None:
+            names = ", ".join(sorted(voice.config.speaker_id_map)) or "none (single speaker)"
+            raise NotFound("speaker", f"voice {voice.name} has no speaker {speaker!r}; its speakers: {names}")
+        if speaker_id is not None and speaker_id != by_name:
+            raise InvalidArgument("speaker", f"{speaker!r} is speaker {by_name} but speaker_id is "
+                                  f"{speaker_id}; set one of them")
+        speaker_id = by_name
     if speaker_id is None:
         return 0
     if not 0 <= speaker_id < voice.config.num_speakers:
         raise NotFound("speaker_id", f"voice {voice.name} has speakers 0 to "
                        f"{voice.config.num_speakers - 1}, not {speaker_id}")
     return speaker_id
+
+
+def check_sample_rate(voice: Voice, encoding: Encoding, requested: int) -> int:
+    """The rate to send audio at: `requested` (0 = the voice's), as the encoding can carry it."""
+    if requested:
+        low, high = SAMPLE_RATE_RANGE
+        if not low <= requested <= high:
+            raise InvalidArgument("sample_rate_hz", f"must be 0 (the voice's rate) or between {low} "
+                                  f"and {high} Hz, got {requested}")
+    return output_rate(encoding, requested or voice.config.sample_rate)
 
 
 def scales_for(voice: Voice, speed: float | None, noise_scale: float | None,

@@ -17,9 +17,10 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 from server import live
 from server import options as opts
 from server.config import Settings
-from server.encoding import Encoding, encode_pcm, encode_wav
+from server.encoding import Encoding, encode_whole, stream_encoder
 from server.errors import InvalidArgument, SpeakstreamError
 from server.metrics import CallRecord, Metrics
+from server.resample import StreamResampler, resample
 from server.scheduler import Scheduler
 from server.synthesis import AudioPiece, Synthesizer
 from server.voices import VoiceRegistry
@@ -31,12 +32,12 @@ _ENCODINGS = {
     pb.AUDIO_ENCODING_LINEAR16: Encoding.LINEAR16,
     pb.AUDIO_ENCODING_FLOAT32: Encoding.FLOAT32,
     pb.AUDIO_ENCODING_WAV: Encoding.WAV,
+    pb.AUDIO_ENCODING_MULAW: Encoding.MULAW,
+    pb.AUDIO_ENCODING_ALAW: Encoding.ALAW,
+    pb.AUDIO_ENCODING_OGG_OPUS: Encoding.OGG_OPUS,
+    pb.AUDIO_ENCODING_FLAC: Encoding.FLAC,
 }
-_PROTO_ENCODINGS = {
-    Encoding.LINEAR16: pb.AUDIO_ENCODING_LINEAR16,
-    Encoding.FLOAT32: pb.AUDIO_ENCODING_FLOAT32,
-    Encoding.WAV: pb.AUDIO_ENCODING_WAV,
-}
+_PROTO_ENCODINGS = {e: p for p, e in _ENCODINGS.items() if p != pb.AUDIO_ENCODING_UNSPECIFIED}
 
 
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
@@ -51,7 +52,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         self._metrics: Metrics = scheduler.metrics
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
-        """Whole audio in one message (WAV, LINEAR16 or FLOAT32)."""
+        """Whole audio in one message, in any encoding."""
         async with self._metrics.track("Synthesize", context) as call, _status_on_error(context):
             request_id = call.request_id = await _start_call(context)
             options = self._options(request, call)
@@ -60,11 +61,12 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 async for piece in self._synth.stream(options, _deadline(context), request_id):
                     call.audio(piece.audio.size, options.sample_rate)
                     pieces.append(piece)
-            audio = np.concatenate([p.audio for p in pieces])
+            audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate,
+                             options.client_rate)
             return pb.SynthesizeResponse(
-                audio=_encode_whole(audio, options),
+                audio=encode_whole(audio, options.encoding, options.client_rate),
                 encoding=_PROTO_ENCODINGS[options.encoding],
-                sample_rate_hz=options.sample_rate,
+                sample_rate_hz=options.client_rate,
                 num_samples=audio.size,
                 sentences=_sentence_spans(pieces),
             )
@@ -73,14 +75,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         """Audio chunks as they are synthesized."""
         async with self._metrics.track("SynthesizeStream", context) as call, _status_on_error(context):
             request_id = call.request_id = await _start_call(context)
-            options = self._options(request, call, streaming=True)
+            options = self._options(request, call)
             with self._scheduler.admit():
                 chunker = _ChunkWriter(options)
                 stream = self._synth.stream(options, _deadline(context), request_id)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         for chunk in chunker.chunks(piece):
-                            call.audio(chunk.num_samples, options.sample_rate)
+                            call.audio(chunk.num_samples, options.client_rate)
                             yield chunk
 
     async def SynthesizeLive(self, request_iterator, context) -> AsyncIterator[pb.AudioChunk]:
@@ -92,7 +94,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             if first is None or first.WhichOneof("kind") != "config":
                 raise InvalidArgument("config", "the first message must carry the config")
             config = first.config
-            options = self._options(config.settings, call, streaming=True, live=True)
+            options = self._options(config.settings, call, live=True)
             max_ms = config.max_pending_ms or live.DEFAULT_MAX_PENDING_MS
             opts.check_range("max_pending_ms", max_ms, (50, 10_000))
             segmenter = live.LiveSegmenter(max_ms, config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS)
@@ -107,7 +109,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     async with contextlib.aclosing(stream):
                         async for piece in stream:
                             for chunk in chunker.chunks(piece):
-                                call.audio(chunk.num_samples, options.sample_rate)
+                                call.audio(chunk.num_samples, options.client_rate)
                                 yield chunk
                 finally:
                     session.cancel_all()
@@ -121,7 +123,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
 
     def _options(self, request: pb.SynthesizeRequest, call: CallRecord,
-                 streaming: bool = False, live: bool = False) -> opts.SynthesisOptions:
+                 live: bool = False) -> opts.SynthesisOptions:
         """:param live: SynthesizeLive's settings: text must be empty (it comes later)."""
         call.characters, call.voice = len(request.text), request.voice
         if live:
@@ -132,48 +134,57 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             text = opts.check_text(request.text, self._settings.max_chars)
         voice = self._voices.get(request.voice)
         call.voice = voice.name
-        encoding = _encoding(request.encoding, streaming)
-        if request.sample_rate_hz not in (0, voice.config.sample_rate):
-            raise InvalidArgument("sample_rate_hz", f"voice {voice.name} speaks at "
-                                  f"{voice.config.sample_rate} Hz; resampling is not supported yet")
+        encoding = _encoding(request.encoding)
         return opts.SynthesisOptions(
             text=text,
             voice=voice,
-            speaker_id=opts.check_speaker(voice, _optional(request, "speaker_id")),
+            speaker_id=opts.check_speaker(voice, _optional(request, "speaker_id"), request.speaker),
             scales=opts.scales_for(voice, _optional(request, "speed"),
                                    _optional(request, "noise_scale"), _optional(request, "noise_w")),
             sentence_silence_s=_silence(request),
             encoding=encoding,
             chunk_ms=opts.check_chunk_ms(request.chunk_ms),
+            output_rate=opts.check_sample_rate(voice, encoding, request.sample_rate_hz),
         )
 
 
 class _ChunkWriter:
-    """Turns audio pieces into AudioChunk messages with running offsets."""
+    """Turns audio pieces into AudioChunk messages with running offsets.
+
+    Owns the call's resampler and encoder, whose state runs from one chunk
+    to the next; the final piece flushes both.
+    """
 
     def __init__(self, options: opts.SynthesisOptions):
         self._options = options
         self._sequence = 0
         self._offset = 0
-        rate = options.sample_rate
+        rate = options.client_rate
         self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
+        self._resampler = StreamResampler(options.sample_rate, rate)
+        self._encoder = stream_encoder(options.encoding, rate)
 
     def chunks(self, piece: AudioPiece):
         """One or more AudioChunk messages for `piece` (split by chunk_ms)."""
-        step = self._max_samples or max(piece.audio.size, 1)
-        starts = range(0, max(piece.audio.size, 1), step)
+        samples = self._resampler.process(piece.audio, last=piece.final)
+        step = self._max_samples or max(samples.size, 1)
+        starts = range(0, max(samples.size, 1), step)
         for i, start in enumerate(starts):
-            audio = piece.audio[start:start + step]
+            audio = samples[start:start + step]
+            final = piece.final and i == len(starts) - 1
+            data = self._encoder.encode(audio)
+            if final:
+                data += self._encoder.finish()
             yield pb.AudioChunk(
-                audio=encode_pcm(audio, self._options.encoding),
+                audio=data,
                 sequence=self._sequence,
                 sample_offset=self._offset,
                 num_samples=audio.size,
-                sample_rate_hz=self._options.sample_rate,
+                sample_rate_hz=self._options.client_rate,
                 encoding=_PROTO_ENCODINGS[self._options.encoding],
                 text_span=pb.TextSpan(start=piece.span[0], end=piece.span[1]),
                 sentence_index=piece.sentence_index,
-                final=piece.final and i == len(starts) - 1,
+                final=final,
             )
             self._sequence += 1
             self._offset += audio.size
@@ -214,20 +225,11 @@ def _silence(request) -> float:
     return opts.check_range("sentence_silence_s", value, opts.SILENCE_RANGE_S)
 
 
-def _encoding(value: int, streaming: bool) -> Encoding:
+def _encoding(value: int) -> Encoding:
     encoding = _ENCODINGS.get(value)
     if encoding is None:
         raise InvalidArgument("encoding", f"unsupported encoding {value}")
-    if streaming and encoding is Encoding.WAV:
-        raise InvalidArgument("encoding", "AUDIO_ENCODING_WAV is for Synthesize; "
-                              "stream LINEAR16 or FLOAT32")
     return encoding
-
-
-def _encode_whole(audio: np.ndarray, options: opts.SynthesisOptions) -> bytes:
-    if options.encoding is Encoding.WAV:
-        return encode_wav(audio, options.sample_rate)
-    return encode_pcm(audio, options.encoding)
 
 
 def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:

@@ -47,7 +47,7 @@ async def test_buf_breaking_catches_a_renumbered_field(tmp_path):
     proto = protos / "speakstream" / "v1" / "synthesizer.proto"
     source = proto.read_text(encoding="utf-8")
     assert "string voice = 2;" in source
-    proto.write_text(source.replace("string voice = 2;", "string voice = 12;"), encoding="utf-8")
+    proto.write_text(source.replace("string voice = 2;", "string voice = 1000;"), encoding="utf-8")
     result = await run([buf_path(), "breaking", str(protos), "--against", "protos", "--error-format", "json"])
     assert result.code != 0
     assert "FIELD_NO_DELETE" in result.out, result.explain()

@@ -93,7 +93,11 @@ async def test_playing_without_pyaudio_exits_4_and_names_the_extra(app):
 
 
 async def test_rate_is_passed_through_and_a_refusal_is_reported_with_exit_2(app, tmp_path):
-    code, _, err = await _say("--server", app.address, "--rate", "16000", _TEXT, "-o", str(tmp_path / "r.wav"))
+    code, _, _ = await _say("--server", app.address, "--rate", "16000", _TEXT, "-o", str(tmp_path / "16k.wav"))
+    assert code == 0
+    with wave.open(str(tmp_path / "16k.wav")) as wav:
+        assert wav.getframerate() == 16000 and wav.getnframes() > 0
+    code, _, err = await _say("--server", app.address, "--rate", "4000", _TEXT, "-o", str(tmp_path / "r.wav"))
     assert code == 2
     assert "INVALID_ARGUMENT" in err and "sample_rate_hz" in err
     assert not (tmp_path / "r.wav").exists()

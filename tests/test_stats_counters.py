@@ -79,7 +79,7 @@ async def _run_known_calls(app, stub) -> dict:
     await _expect(grpc.StatusCode.INVALID_ARGUMENT,
                   stub.SynthesizeStream(invalid[1], timeout=_TIMEOUT).read())
     await _expect(grpc.StatusCode.INVALID_ARGUMENT,
-                  stub.SynthesizeStream(pb.SynthesizeRequest(text="Wav?", encoding=pb.AUDIO_ENCODING_WAV),
+                  stub.SynthesizeStream(pb.SynthesizeRequest(text="Wav?", sample_rate_hz=4000),
                                         timeout=_TIMEOUT).read())
     texts += ["", "Who?", "Too fast.", "Wav?"]
 
