@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calls admitted beyond --pool-size before RESOURCE_EXHAUSTED (default %(default)s)")
     p.add_argument("--max-chars", type=int, default=d.max_chars,
                    help="longest request text in characters (default %(default)s)")
+    _add_transport_flags(p, d)
     p.add_argument("--grace-s", type=float, default=d.grace_s,
                    help="seconds in-flight calls get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default %(default)s)")
@@ -71,6 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trace allocations so Stats.ProfileMemory works (slows the server; default off)")
     _add_security_flags(p)
     return p
+
+
+def _add_transport_flags(p: argparse.ArgumentParser, d: Settings) -> None:
+    g = p.add_argument_group("gRPC transport limits (docs/OPERATIONS.md, Limits)")
+    g.add_argument("--max-response-mb", type=int, default=d.max_response_mb,
+                   help="largest unary Synthesize audio in MiB; longer: RESOURCE_EXHAUSTED, stream it "
+                        "(default %(default)s)")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
+                   help="calls in progress gRPC accepts at all; 0 = 2 x (pool-size + max-queue) + 64 "
+                        "(default %(default)s)")
+    g.add_argument("--max-streams-per-connection", type=int, default=d.max_streams_per_connection,
+                   help="calls one client connection may have open; more wait (default %(default)s)")
+    g.add_argument("--keepalive-time-s", type=float, default=d.keepalive_time_s,
+                   help="ping connections idle this long (default %(default)s)")
+    g.add_argument("--keepalive-timeout-s", type=float, default=d.keepalive_timeout_s,
+                   help="drop a connection whose ping is unanswered this long (default %(default)s)")
+    g.add_argument("--min-client-ping-interval-s", type=float, default=d.min_client_ping_interval_s,
+                   help="clients pinging more often are disconnected (default %(default)s)")
+    g.add_argument("--max-connection-age-s", type=float, default=d.max_connection_age_s,
+                   help="close connections this old so balancers can spread clients again; 0 = never "
+                        "(default %(default)s)")
 
 
 def _add_security_flags(p: argparse.ArgumentParser) -> None:
@@ -100,6 +122,11 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             first_chunk_phonemes=args.first_chunk_phonemes, lookahead_chunks=args.lookahead_chunks,
             cache_mb=args.cache_mb,
             max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,
+            max_response_mb=args.max_response_mb, max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_streams_per_connection=args.max_streams_per_connection,
+            keepalive_time_s=args.keepalive_time_s, keepalive_timeout_s=args.keepalive_timeout_s,
+            min_client_ping_interval_s=args.min_client_ping_interval_s,
+            max_connection_age_s=args.max_connection_age_s,
             log_level=args.log_level.upper(), log_format=args.log_format,
             metrics=args.metrics, metrics_port=args.metrics_port, enable_profiling=args.enable_profiling,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesizer_pb2_grpc
 
+from server import transport
 from server.config import Settings
 from server.gpu import GpuMonitor
 from server.memory import tune_malloc
@@ -96,7 +97,8 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     await scheduler.start()
     synthesizer = Synthesizer(settings, pool, scheduler)
 
-    server = grpc.aio.server(options=_channel_options(),
+    server = grpc.aio.server(options=transport.server_options(settings),
+                             maximum_concurrent_rpcs=transport.max_concurrent_rpcs(settings),
                              interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS) or None)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
@@ -162,13 +164,6 @@ async def _stop_observability(app: App) -> None:
         app.gpu.close()
     if app.settings.enable_profiling and tracemalloc.is_tracing():
         tracemalloc.stop()
-
-
-def _channel_options() -> list[tuple[str, int]]:
-    return [
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ]
 
 
 def _bracket(host: str) -> str:

@@ -97,6 +97,28 @@ class Settings:
     cache_mb: int = 64
     """Audio cache bound in MiB (deterministic requests only); 0 turns it off."""
 
+    max_response_mb: int = 64
+    """Largest audio one unary Synthesize response may carry, MiB (10,000 characters of
+    LINEAR16 at 22.05 kHz are ~30 MB); longer audio gets RESOURCE_EXHAUSTED: stream it."""
+
+    max_concurrent_rpcs: int = 0
+    """gRPC's cap on calls in progress; 0 = 2 x (pool_size + max_queue) + 64 (server/transport.py)."""
+
+    max_streams_per_connection: int = 100
+    """HTTP/2 streams (calls) one client connection may have open; more wait in the client."""
+
+    keepalive_time_s: float = 60.0
+    """Ping a connection idle this long to find dead peers."""
+
+    keepalive_timeout_s: float = 20.0
+    """Close a connection whose keepalive ping is not answered in this time."""
+
+    min_client_ping_interval_s: float = 10.0
+    """Clients may ping no more often than this; faster pingers are disconnected (too_many_pings)."""
+
+    max_connection_age_s: float = 0.0
+    """Close connections after this long (clients reconnect, balancers rebalance); 0 = never."""
+
     grace_s: float = 10.0
     """On SIGTERM, how long in-flight calls may run before the server stops."""
 
@@ -143,6 +165,16 @@ class Settings:
         _check_range("lookahead_chunks", self.lookahead_chunks, 1, 64)
         _check_range("cache_mb", self.cache_mb, 0, 1_000_000)
         _check_range("arena_shrink_every", self.arena_shrink_every, 0, 1_000_000)
+        _check_range("max_response_mb", self.max_response_mb, 1, 2047)  # gRPC messages stop at 2 GiB
+        _check_range("max_concurrent_rpcs", self.max_concurrent_rpcs, 0, 1_000_000)
+        _check_range("max_streams_per_connection", self.max_streams_per_connection, 1, 1_000_000)
+        _check_range("keepalive_time_s", self.keepalive_time_s, 1, 86_400)
+        _check_range("keepalive_timeout_s", self.keepalive_timeout_s, 1, 3_600)
+        _check_range("min_client_ping_interval_s", self.min_client_ping_interval_s, 0, 86_400)
+        _check_range("max_connection_age_s", self.max_connection_age_s, 0, 10_000_000)
+        if self.max_concurrent_rpcs and self.max_concurrent_rpcs <= self.pool_size + self.max_queue:
+            raise ValueError(f"max_concurrent_rpcs: must exceed pool_size + max_queue "
+                             f"({self.pool_size + self.max_queue}) so health and Stats answer under load")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         if self.grace_s < 0:
@@ -167,6 +199,6 @@ class Settings:
                 raise ValueError(f"{name}: no such file: {path}")
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> None:
+def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ValueError(f"{name}: must be between {low} and {high}, got {value}")

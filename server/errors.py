@@ -40,6 +40,16 @@ class Overloaded(SpeakstreamError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooLarge(SpeakstreamError):
+    """A response would exceed a size limit (unary audio over --max-response-mb)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
 class DeadlineExceeded(SpeakstreamError):
     """The call's deadline passed before its work could finish."""
 

@@ -54,21 +54,64 @@ class Segment:
     """True for the last segment of a sentence (silence may follow it)."""
 
 
+# Characters that are dropped before espeak-ng sees the text (see normalize).
+IGNORED = "\u2060"
+# Combining marks kept on one base character; a flood of them (zalgo text) is
+# cut to this many, as Unicode's stream-safe format (UAX #15) does at 30.
+MAX_COMBINING_MARKS = 30
+_SPEAKABLE_CATEGORIES = ("L", "N", "S")  # letters, digits, symbols (espeak-ng names emoji and signs)
+
+
 def normalize(text: str) -> str:
-    """Replace control and format characters with spaces, keeping every offset.
+    """Make any text safe for the frontend, keeping every offset.
 
     The result has the same length as the input, so spans computed on it are
-    spans of what the client sent.
+    spans of what the client sent. Control characters, private-use and
+    unassigned code points become spaces (line breaks stay line breaks);
+    space variants become " "; invisible format characters (zero-width,
+    bidi controls, soft hyphen) become IGNORED inside a word, so
+    "hel\u200blo" is still one word, and spaces elsewhere; combining marks
+    beyond MAX_COMBINING_MARKS on one character become IGNORED.
     """
-    return "".join(_normalize_char(c) for c in text)
+    categories = [unicodedata.category(c) for c in text]
+    word_after = _word_after(text, categories)
+    out, marks, word_before = [], 0, False
+    for i, (char, category) in enumerate(zip(text, categories)):
+        marks = marks + 1 if category[0] == "M" else 0
+        if marks > MAX_COMBINING_MARKS:
+            out.append(IGNORED)
+        elif category == "Cf":
+            out.append(IGNORED if word_before and word_after[i] else " ")
+            continue  # invisible: the character before it stays the one before the next
+        else:
+            out.append(_normalize_char(char, category))
+        word_before = char.isalnum() or category[0] == "M"
+    return "".join(out)
 
 
-def _normalize_char(char: str) -> str:
+def _normalize_char(char: str, category: str) -> str:
     if char in "\n\t":
         return char
-    if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+    if category in ("Cc", "Zl", "Zp", "Co", "Cn", "Cs"):
         return "\n" if char in "\r\u2028\u2029" else " "
+    if category == "Zs":
+        return " "
     return char
+
+
+def _word_after(text: str, categories: list[str]) -> list[bool]:
+    """For each position: whether the first non-format character after it is part of a word."""
+    result, word = [False] * len(text), False
+    for i in range(len(text) - 1, -1, -1):
+        result[i] = word
+        if categories[i] != "Cf":
+            word = text[i].isalnum() or categories[i][0] == "M"
+    return result
+
+
+def speakable(text: str) -> bool:
+    """Whether normalized text has anything espeak-ng can speak: a letter, digit or symbol."""
+    return any(unicodedata.category(c)[0] in _SPEAKABLE_CATEGORIES for c in text)
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -97,6 +140,7 @@ def _is_sentence_end(match: re.Match) -> bool:
 
 def phonemize(text: str, espeak_voice: str) -> list[list[str]]:
     """espeak-ng phonemes of `text`, one list per sentence, empty sentences dropped."""
+    text = text.replace(IGNORED, "")
     with _ESPEAK_LOCK:
         sentences = phonemize_espeak(text, espeak_voice)
     return [s for s in sentences if s]

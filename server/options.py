@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from server.encoding import Encoding, output_rate
 from server.errors import InvalidArgument, NotFound
+from server.frontend import normalize, speakable
 from server.pool import Scales
 from server.voices import Voice
 
@@ -52,11 +53,18 @@ class SynthesisOptions:
 
 
 def check_text(text: str, max_chars: int) -> str:
-    """The text if it is non-blank and within the size limit."""
+    """The text if it is within the size limit and has something speakable in it.
+
+    Only whitespace, punctuation, combining marks, control, format or
+    private-use characters: nothing to say, INVALID_ARGUMENT rather than
+    silence (the frontend would produce no segment at all).
+    """
     if not text or not text.strip():
         raise InvalidArgument("text", "must contain something to speak")
     if len(text) > max_chars:
         raise InvalidArgument("text", f"is {len(text)} characters; the limit is {max_chars}")
+    if not speakable(normalize(text)):
+        raise InvalidArgument("text", "contains nothing speakable (no letter, digit or symbol)")
     return text
 
 

@@ -14,11 +14,11 @@ import numpy as np
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from server import live
+from server import live, transport
 from server import options as opts
 from server.config import Settings
 from server.encoding import Encoding, encode_whole, stream_encoder
-from server.errors import InvalidArgument, SpeakstreamError
+from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.metrics import CallRecord, Metrics
 from server.resample import StreamResampler, resample
 from server.scheduler import Scheduler
@@ -63,8 +63,13 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     pieces.append(piece)
             audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate,
                              options.client_rate)
+            encoded = encode_whole(audio, options.encoding, options.client_rate)
+            limit = transport.max_response_bytes(self._settings)
+            if len(encoded) > limit:
+                raise TooLarge("audio", f"{len(encoded)} bytes is more than one response may carry "
+                               f"({limit}, --max-response-mb); use SynthesizeStream for long texts")
             return pb.SynthesizeResponse(
-                audio=encode_whole(audio, options.encoding, options.client_rate),
+                audio=encoded,
                 encoding=_PROTO_ENCODINGS[options.encoding],
                 sample_rate_hz=options.client_rate,
                 num_samples=audio.size,

@@ -22,6 +22,7 @@ import numpy as np
 
 from server.cache import AudioCache
 from server.config import Settings
+from server.errors import InvalidArgument
 from server.frontend import Frontend, Segment
 from server.options import SynthesisOptions
 from server.pool import SessionPool, VoiceSessions
@@ -149,6 +150,9 @@ class _Call:
 
     async def run(self) -> AsyncIterator[AudioPiece]:
         await self._fill()
+        if not self._pending:
+            # Letters espeak-ng has no phonemes for (check_text lets them through).
+            raise InvalidArgument("text", "contains nothing speakable (no phonemes)")
         while self._pending:
             pending = self._pending.popleft()
             audio = await pending.audio

@@ -3,7 +3,9 @@
 import pytest
 from piper_phonemize import phonemize_espeak
 
-from server.frontend import Frontend, cut_phonemes, normalize, phoneme_ids, split_sentences
+from server.frontend import (
+    IGNORED, MAX_COMBINING_MARKS, Frontend, cut_phonemes, normalize, phoneme_ids, phonemize, speakable, split_sentences,
+)
 from server.voices import bundled_voice
 
 
@@ -46,10 +48,39 @@ def test_sentence_spans_cover_the_text_without_gaps():
 
 
 def test_normalize_keeps_length_and_replaces_controls():
-    text = "a\x00b\u200bc\rd\te\nf"
+    text = "a\x00b\u200bc\rd\te\nf \u200b.\u00a0\ue000"
     out = normalize(text)
     assert len(out) == len(text)
-    assert out == "a b c\nd\te\nf"
+    assert out == f"a b{IGNORED}c\nd\te\nf  .  "
+
+
+def test_format_characters_inside_a_word_do_not_split_it(voice_config):
+    plain = phonemize("hello world", voice_config.espeak_voice)
+    for text in ("hel\u200blo world", "hel\u00adlo wor\u200d\u2060ld", "\u202ehello\u202c world\u200f"):
+        out = normalize(text)
+        assert len(out) == len(text)
+        assert phonemize(out, voice_config.espeak_voice) == plain, repr(text)
+
+
+def test_a_flood_of_combining_marks_is_cut_to_the_stream_safe_limit():
+    text = "a" + "\u0301" * 5000 + " b\u0301"
+    out = normalize(text)
+    assert len(out) == len(text)
+    assert out.count("\u0301") == MAX_COMBINING_MARKS + 1
+    assert out.endswith(" b\u0301")
+
+
+def test_normalize_is_linear_in_a_flood_of_format_characters():
+    text = "a" + "\u200b" * 200_000 + "b"
+    assert normalize(text) == "a" + IGNORED * 200_000 + "b"  # would take minutes if quadratic
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("...!!!", False), ("\u0301\u0302", False), ("\x00\u200b\ue000", False), (" - , ;", False),
+    ("a", True), ("7", True), ("😀", True), ("你好", True), ("+", True),
+])
+def test_speakable_needs_a_letter_digit_or_symbol(text, expected):
+    assert speakable(normalize(text)) is expected
 
 
 def test_phoneme_ids_follow_pipers_rule(voice_config):
