@@ -1,9 +1,9 @@
 """Bad input against the live server: every case gets its documented status, naming the field,
 or valid audio; and the server is healthy afterwards.
 
-Cases that the encodings/sample-rate work will turn valid (encodings 4 to 7, rates 8000 to
-48000, speakers by name) are avoided on purpose: the values below (encoding 15 and 99,
-rates 7999, 48001 and 1, speaker_id -1 and 9999) stay invalid either way.
+Values that a later encoding or rate could make valid are avoided on purpose: encodings
+15 and 99, rates 7999, 48001 and 1, speaker_id -1 and 9999 stay invalid whatever is added
+(encodings 4 to 7 and rates 8,000 to 48,000 are valid now).
 
 Lone surrogates (category Cs) cannot be sent at all: protobuf strings are UTF-8 and the
 client refuses to serialize them (test_lone_surrogates_never_leave_the_client).
@@ -96,6 +96,7 @@ _NAMES = [
     _case("voice path", (_NF, "voice"), voice="../../etc/passwd"),
     _case("speaker_id -1", (_NF, "speaker_id"), speaker_id=-1),
     _case("speaker_id 9999", (_NF, "speaker_id"), speaker_id=9999),
+    _case("unknown speaker name", (_NF, "speaker"), speaker="nobody"),
     # Encodings 4 to 14 may become valid; 15 and 99 stay unknown.
     _case("encoding 15", (_IA, "encoding"), encoding=15),
     _case("encoding 99", (_IA, "encoding"), encoding=99),
