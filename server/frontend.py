@@ -4,7 +4,11 @@ Phonemes come from espeak-ng through piper-phonemize, the frontend Piper voices
 were trained with, so the ids match training exactly (checked against
 shared/vectors in the tests). Sentences are split here, the way espeak-ng
 splits them, so each sentence can be phonemized on its own (lazily, as the
-stream needs it) and keep the text span it came from.
+stream needs it) and keep the text span it came from. One exception: a title
+or abbreviation before a name or number ("Dr. Smith", "No. 5") does not end
+a sentence here, though espeak-ng ends one there; the span is phonemized as
+one inference input, its espeak-ng sentences concatenated the way Piper's
+training preprocessing joined the sentences of an utterance.
 
 A sentence longer than a segment allows is cut at a clause mark, else at a
 word boundary. A request's first segment is cut short on purpose: the time
@@ -33,6 +37,23 @@ _CLAUSE_MARKS = frozenset(",;:")
 _SENTENCE_END = re.compile(
     r"""(?:[.!?]+["'”’)\]]*(?P<ws>\s+)(?P<next>\S)?)|(?:\n[ \t\r\f\v]*\n\s*)"""
 )
+
+# Where speakstream does not end a sentence though espeak-ng does: a "." right
+# after one of these words (whole word, exact case) followed by whitespace and
+# then, for the titles, an uppercase letter (a name: "Dr. Smith", "St. Louis");
+# for the number words, a digit ("No. 5", "Fig. 3"); for "vs", anything. Spoken
+# as separate sentences they would get sentence_silence_s in the middle of a
+# name ("Doctor [pause] Smith"). Jr. and Sr. are left out: they follow a name,
+# so before a capital they usually do end a sentence. A blank line still ends
+# one ("Dr.\n\nSmith").
+TITLES = frozenset({
+    "Mr", "Mrs", "Ms", "Mx", "Dr", "Prof", "Rev", "Fr", "St", "Mt",
+    "Gen", "Capt", "Lt", "Col", "Sgt", "Gov", "Sen", "Rep", "Hon", "Pres",
+})
+NUMBER_WORDS = frozenset({"No", "Nos", "Vol", "vol", "Fig", "fig", "pp", "Ch", "Art", "Sec"})
+ANY_NEXT = frozenset({"vs", "Vs"})
+_ABBREVIATIONS = TITLES | NUMBER_WORDS | ANY_NEXT
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 # espeak-ng is one global C state: calls from several threads must not overlap.
 _ESPEAK_LOCK = threading.Lock()
@@ -118,7 +139,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     """Spans of the sentences in `text`; each span keeps its trailing whitespace."""
     spans, start = [], 0
     for match in _SENTENCE_END.finditer(text):
-        if match.group("ws") is not None and not _is_sentence_end(match):
+        if match.group("ws") is not None and not is_sentence_end(match, start):
             continue
         end = match.end("ws") if match.group("ws") is not None else match.end()
         if text[start:end].strip():
@@ -129,13 +150,53 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _is_sentence_end(match: re.Match) -> bool:
-    """Whether punctuation + whitespace ends a sentence, as espeak-ng decides."""
-    marks = match.group(0)[: match.start("ws") - match.start()].rstrip("\"'”’)]")
-    if marks.endswith(".."):
+def is_sentence_end(match: re.Match, low: int = 0) -> bool:
+    """Whether a _SENTENCE_END match with whitespace ends a sentence: espeak-ng's
+    decision, except after an abbreviation (see TITLES).
+
+    Decided by the marks, the first character after the whitespace and the
+    word before the marks, looked for no further back than `low` (where the
+    current sentence began).
+    """
+    marks = match.group(0)[: match.start("ws") - match.start()]
+    bare = marks.rstrip("\"'”’)]")
+    if bare.endswith(".."):
         return False  # an ellipsis continues the sentence
     nxt = match.group("next")
-    return not (marks.endswith(".") and nxt is not None and nxt.islower())
+    if bare.endswith(".") and nxt is not None and nxt.islower():
+        return False  # "St. in", "e.g. this": espeak-ng continues too
+    if marks == "." and nxt is not None and not _BLANK_LINE.search(match.group("ws")):
+        return not abbreviation_before(match.string, match.start(), low, nxt)
+    return True
+
+
+def abbreviation_before(text: str, dot: int, low: int, nxt: str) -> bool:
+    """Whether the word ending at `text[dot]` (a ".") is an abbreviation that
+    `nxt`, the next non-blank character, shows to continue the sentence."""
+    word = _word_before(text, dot, low)
+    if word in TITLES:
+        return nxt.isupper()
+    if word in NUMBER_WORDS:
+        return nxt.isdigit()
+    return word in ANY_NEXT
+
+
+def ends_with_abbreviation(text: str, end: int, low: int = 0) -> bool:
+    """Whether `text[low:end]` ends with one of the abbreviations above, its "."
+    and maybe whitespace: a cut there could part a title from its name."""
+    end = len(text[low:end].rstrip()) + low
+    return end > low and text[end - 1] == "." and _word_before(text, end - 1, low) in _ABBREVIATIONS
+
+
+def _word_before(text: str, end: int, low: int) -> str:
+    """The run of letters ending at `end`, or "" when it is not a whole word
+    (a letter, digit or "." before it, as in "U.S.Dr" or "A1Dr")."""
+    start = end
+    while start > low and text[start - 1].isalpha():
+        start -= 1
+    if start > low and (text[start - 1].isalnum() or text[start - 1] == "."):
+        return ""
+    return text[start:end]
 
 
 def phonemize(text: str, espeak_voice: str) -> list[list[str]]:
@@ -144,6 +205,17 @@ def phonemize(text: str, espeak_voice: str) -> list[list[str]]:
     with _ESPEAK_LOCK:
         sentences = phonemize_espeak(text, espeak_voice)
     return [s for s in sentences if s]
+
+
+def sentence_phonemes(text: str, espeak_voice: str) -> list[str]:
+    """Phonemes of one sentence span as one inference input.
+
+    espeak-ng may find several sentences in it (it ends one after "Dr." before
+    a capital); they are concatenated without a separator, as Piper's training
+    preprocessing flattened the sentences of an utterance into one ^...$
+    sequence, so the voice has learnt such input.
+    """
+    return [p for sentence in phonemize(text, espeak_voice) for p in sentence]
 
 
 def phoneme_ids(phonemes: Sequence[str], id_map) -> tuple[int, ...]:
@@ -177,13 +249,26 @@ class Frontend:
             phoneme, so the caps shrink with it to bound a run's memory.
         """
         text = normalize(text)
-        limits = self._limits(length_scale)
         index = 0
-        for start, end in split_sentences(text):
-            for phonemes in phonemize(text[start:end], config.espeak_voice):
-                first_limit = limits[0] if index == 0 else limits[1]
-                yield from self._cut(phonemes, text, (start, end), index, (first_limit, limits[1]), config)
+        for span in split_sentences(text):
+            segments = self.span_segments(text, span, index, index == 0, config, length_scale)
+            if segments:
                 index += 1
+            yield from segments
+
+    def span_segments(self, text: str, span: tuple[int, int], index: int, first: bool,
+                      config: VoiceConfig, length_scale: float = 1.0) -> list[Segment]:
+        """Segments of one sentence span of `text` (normalized), all with `index`.
+
+        :param first: cut the first segment short (first_chunk_phonemes), as
+            for a request's first sentence; empty when the span has no phonemes.
+        """
+        phonemes = sentence_phonemes(text[span[0]:span[1]], config.espeak_voice)
+        if not phonemes:
+            return []
+        limits = self._limits(length_scale)
+        first_limit = limits[0] if first else limits[1]
+        return list(self._cut(phonemes, text, span, index, (first_limit, limits[1]), config))
 
     def _limits(self, length_scale: float) -> tuple[int, int]:
         scale = max(length_scale, 1e-3)

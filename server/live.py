@@ -4,14 +4,14 @@
 (normalized with server.frontend.normalize, which keeps every offset) and
 reports sentence spans of it once they are certainly complete: the boundary
 is server.frontend.split_sentences's own rule (the same regular expression,
-the same espeak-ng decision), accepted only once the first character after
-the boundary's whitespace is known. So "Dr. " + "Smith" is decided on the
-"S" exactly as "Dr. Smith" would be, and "3." + "50" never splits (no
-whitespace). Like espeak-ng and split_sentences, "Dr. Smith" does end a
-sentence after "Dr." (an uppercase word follows); "Dr. smith" does not.
-Fed one character at a time, it yields the same spans as
-split_sentences on the whole text, which is what makes live input speak the
-same phoneme ids as SynthesizeStream.
+the same decision, abbreviations included), accepted only once the first
+character after the boundary's whitespace is known. So "Dr. " + "Smith" is
+decided on the "S" exactly as "Dr. Smith" would be (a title before a name:
+not an end), and "3." + "50" never splits (no whitespace). A forced cut
+never falls right after such an abbreviation either ("Dr. " alone is not
+spoken while the name is still coming). Fed one character at a time, it
+yields the same spans as split_sentences on the whole text, which is what
+makes live input speak the same phoneme ids as SynthesizeStream.
 
 Splits on sentences only; a clause or word-level cut happens only when it is
 forced: by flush(), by the max_pending_chars limit (in feed) or by the
@@ -29,7 +29,7 @@ from typing import AsyncIterator, Optional
 import numpy as np
 
 from server.errors import InvalidArgument
-from server.frontend import _SENTENCE_END, Segment, _is_sentence_end, normalize, phonemize
+from server.frontend import _SENTENCE_END, Segment, ends_with_abbreviation, is_sentence_end, normalize
 from server.synthesis import _SECONDS_PER_PHONEME, AudioPiece, Synthesizer
 
 Span = tuple[int, int]
@@ -116,7 +116,7 @@ class LiveSegmenter:
             if match is None or (match.group("next") is None and match.end() >= len(text)):
                 return spans
             self._scan = match.end()
-            if match.group("ws") is not None and not _is_sentence_end(match):
+            if match.group("ws") is not None and not is_sentence_end(match, self._start):
                 continue
             end = match.end("ws") if match.group("ws") is not None else match.end()
             if text[self._start:end].strip():
@@ -137,10 +137,12 @@ class LiveSegmenter:
 
     def _last_word_boundary(self, limit: Optional[int] = None) -> Optional[int]:
         """Offset just after the last whitespace of pending text before `limit` that
-        follows a word; None when no word of it is complete."""
+        follows a word other than an abbreviation ("Dr. " waits for its name);
+        None when there is none."""
         limit = len(self._text) if limit is None else limit
         for i in range(limit, self._start, -1):
-            if self._text[i - 1].isspace() and self._text[self._start:i].strip():
+            if (self._text[i - 1].isspace() and self._text[self._start:i].strip()
+                    and not ends_with_abbreviation(self._text, i, self._start)):
                 return i
         return None
 
@@ -167,18 +169,12 @@ class _Item:
     cache_key: Optional[tuple] = None
 
 
-def span_segments(synth: Synthesizer, text: str, span: Span, first_index: int,
+def span_segments(synth: Synthesizer, text: str, span: Span, index: int,
                   first_of_turn: bool, options) -> list[Segment]:
     """Segments of one span of `text`, cut as Frontend.segments cuts them: the
-    first of a turn short (first_chunk_phonemes), sentence indexes from `first_index`."""
-    frontend, config = synth._frontend, options.voice.config
-    limits = frontend._limits(options.scales.length_scale)
-    segments, index = [], first_index
-    for phonemes in phonemize(text[span[0]:span[1]], config.espeak_voice):
-        first = limits[0] if first_of_turn and index == first_index else limits[1]
-        segments.extend(frontend._cut(phonemes, text, span, index, (first, limits[1]), config))
-        index += 1
-    return segments
+    first of a turn short (first_chunk_phonemes); all of them sentence `index`."""
+    return synth._frontend.span_segments(text, span, index, first_of_turn, options.voice.config,
+                                         options.scales.length_scale)
 
 
 class LiveCall:
@@ -268,15 +264,19 @@ class LiveCall:
                 await inbox.put(exc)
 
         pumper = asyncio.create_task(pump())
+        stalled = False  # the timer is due but nothing can be cut before more text comes
         try:
             while True:
-                due = self._seg.due_at()
+                due = None if stalled else self._seg.due_at()
                 try:
                     timeout = None if due is None else max(0.0, due - time.monotonic())
                     request = await asyncio.wait_for(inbox.get(), timeout)
                 except asyncio.TimeoutError:
-                    self._emit(self._seg.force_split())
+                    span = self._seg.force_split()
+                    stalled = span is None and time.monotonic() >= due
+                    self._emit(span)
                     continue
+                stalled = False
                 if request is _END:
                     self._emit(self._seg.flush())
                     self._spans.put_nowait(_END)

@@ -4,7 +4,8 @@ import pytest
 from piper_phonemize import phonemize_espeak
 
 from server.frontend import (
-    IGNORED, MAX_COMBINING_MARKS, Frontend, cut_phonemes, normalize, phoneme_ids, phonemize, speakable, split_sentences,
+    IGNORED, MAX_COMBINING_MARKS, Frontend, cut_phonemes, normalize, phoneme_ids, phonemize,
+    sentence_phonemes, speakable, split_sentences,
 )
 from server.voices import bundled_voice
 
@@ -18,13 +19,45 @@ def _uncut_frontend() -> Frontend:
     return Frontend(max_phonemes_per_chunk=100_000, first_chunk_phonemes=100_000)
 
 
-def test_frontend_reproduces_every_reference_vector(phoneme_vectors, voice_config):
-    frontend = _uncut_frontend()
+def test_phonemize_reproduces_every_reference_vector(phoneme_vectors, voice_config):
     assert len(phoneme_vectors["cases"]) >= 20
     for case in phoneme_vectors["cases"]:
+        sentences = phonemize(normalize(case["text"]), voice_config.espeak_voice)
+        assert ["".join(s) for s in sentences] == [s["phonemes"] for s in case["sentences"]], case["text"]
+        assert [list(phoneme_ids(s, voice_config.phoneme_id_map)) for s in sentences] == \
+            [s["ids"] for s in case["sentences"]], case["text"]
+
+
+# Reference sentences the abbreviation rule keeps in one span (case text ->
+# groups of sentence numbers): "Dr." before a name is not an end here.
+_JOINED_BY_ABBREVIATION = {"Dr. Smith lives at 221B Baker St. in London.": [(0, 1)]}
+
+
+def _joined(sentences: list[dict], groups) -> list[dict]:
+    """Reference sentences joined as Piper's training preprocessing joined an
+    utterance's sentences: phonemes concatenated, one ^ ... $ around them."""
+    out, grouped = [], {i for group in groups for i in group}
+    for i, sentence in enumerate(sentences):
+        group = next((g for g in groups if g[0] == i), None)
+        if group:
+            parts = [sentences[j] for j in group]
+            ids = parts[0]["ids"][:-1] + [x for p in parts[1:] for x in p["ids"][2:]]  # drop $ and ^ _
+            out.append({"phonemes": "".join(p["phonemes"] for p in parts), "ids": ids})
+        elif i not in grouped:
+            out.append(sentence)
+    return out
+
+
+def test_frontend_segments_reproduce_every_reference_vector(phoneme_vectors, voice_config):
+    frontend = _uncut_frontend()
+    for case in phoneme_vectors["cases"]:
+        expected = _joined(case["sentences"], _JOINED_BY_ABBREVIATION.get(case["text"], []))
         segments = list(frontend.segments(case["text"], voice_config))
-        assert [s.phonemes for s in segments] == [s["phonemes"] for s in case["sentences"]], case["text"]
-        assert [list(s.ids) for s in segments] == [s["ids"] for s in case["sentences"]], case["text"]
+        assert [s.phonemes for s in segments] == [s["phonemes"] for s in expected], case["text"]
+        assert [list(s.ids) for s in segments] == [s["ids"] for s in expected], case["text"]
+        assert [s.sentence_index for s in segments] == list(range(len(expected)))
+    dr = list(frontend.segments("Dr. Smith lives at 221B Baker St. in London.", voice_config))
+    assert len(dr) == 1 and dr[0].ids.count(1) == 1 and dr[0].ids.count(2) == 1  # one ^, one $
 
 
 @pytest.mark.parametrize("text", [
@@ -37,6 +70,44 @@ def test_sentence_split_agrees_with_espeak_on_the_whole_text(text, voice_config)
     whole = ["".join(s) for s in phonemize_espeak(text, "en-us") if s]
     pieces = [s.phonemes for s in _uncut_frontend().segments(text, voice_config)]
     assert pieces == whole
+
+
+# The documented exception to agreeing with espeak-ng: a title before a name,
+# a number word before a digit, "vs" before anything. espeak-ng ends a
+# sentence there; speakstream keeps one span and phonemizes it as one input.
+@pytest.mark.parametrize("text", [
+    "Dr. Smith paid $3.50.", "Mr. Jones and Mrs. Brown met Prof. X.", "See No. 5 and Fig. 3 today.",
+    "It was Lakers vs. Celtics.", "We climbed Mt. Everest near St. Louis.", "(Dr. Who) is on.",
+])
+def test_abbreviation_keeps_one_span_where_espeak_ends_a_sentence(text, voice_config):
+    espeak = [s for s in phonemize_espeak(text, "en-us") if s]
+    assert len(espeak) > 1
+    assert split_sentences(text) == [(0, len(text))]
+    segments = list(_uncut_frontend().segments(text, voice_config))
+    assert [s.phonemes for s in segments] == ["".join("".join(s) for s in espeak)]
+    assert segments[0].span == (0, len(text)) and segments[0].sentence_index == 0
+
+
+@pytest.mark.parametrize("text, first", [
+    ("Dr. smith is here. Then", "Dr. smith is here. "),  # lowercase: espeak-ng's own call
+    ("I said no. Then left.", "I said no. "),  # "no" is not "No." before a digit
+    ("See No. Then", "See No. "),  # "No." before a word is the answer no
+    ("John Smith Jr. Then", "John Smith Jr. "),  # Jr. and Sr. follow a name
+    ("Call Dr.\n\nSmith", "Call Dr.\n\n"),  # a blank line always ends a sentence
+    ('He saw the Dr." Then', 'He saw the Dr." '),  # a closing quote: an end
+    ("Ask Dr. 5 times", "Ask Dr. "),  # a title before a digit is an end
+    ("The U.S.Dr. Then", "The U.S.Dr. "),  # not a whole word
+    ("A BDr. Then", "A BDr. "),
+])
+def test_abbreviation_rule_is_narrow(text, first):
+    start, end = split_sentences(text)[0]
+    assert text[start:end] == first
+
+
+def test_sentence_phonemes_joins_espeaks_sentences_without_a_separator(voice_config):
+    parts = phonemize("Dr. Smith paid.", voice_config.espeak_voice)
+    assert len(parts) == 2
+    assert sentence_phonemes("Dr. Smith paid.", voice_config.espeak_voice) == parts[0] + parts[1]
 
 
 def test_sentence_spans_cover_the_text_without_gaps():
@@ -116,6 +187,18 @@ def test_long_sentence_is_cut_into_capped_segments_with_ordered_spans(voice_conf
     assert [s.span for s in segments] == sorted(s.span for s in segments)
     assert segments[0].span[0] == 0 and segments[-1].span[1] == len(text)
     assert all(a.span[1] == b.span[0] for a, b in zip(segments, segments[1:]))
+    assert [s.ends_sentence for s in segments] == [False] * (len(segments) - 1) + [True]
+
+
+def test_a_long_span_with_an_abbreviation_is_cut_like_any_sentence(voice_config):
+    text = "Dr. Smith said " + " ".join(["word"] * 120) + "."
+    frontend = Frontend(max_phonemes_per_chunk=120, first_chunk_phonemes=40)
+    segments = list(frontend.segments(text, voice_config))
+    assert len(segments) > 3 and len(segments[0].phonemes) <= 40
+    assert all(len(s.phonemes) <= 120 for s in segments)
+    assert "".join(s.phonemes for s in segments) == "".join(sentence_phonemes(text, voice_config.espeak_voice))
+    assert {s.sentence_index for s in segments} == {0}
+    assert segments[0].span[0] == 0 and segments[-1].span[1] == len(text)
     assert [s.ends_sentence for s in segments] == [False] * (len(segments) - 1) + [True]
 
 

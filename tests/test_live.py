@@ -6,17 +6,19 @@ import asyncio
 import uuid
 
 import grpc
+import numpy as np
 import pytest
 
 from speakstream.v1 import synthesizer_pb2 as pb
 
-from server.frontend import split_sentences
+from server.options import DEFAULT_SENTENCE_SILENCE_S
 
 _THREE_SENTENCES = (
     "The first sentence is short. "
     "The second one is a little longer than the first. "
     "And the third sentence, which closes this small paragraph, is the longest of the three by far."
 )
+_ABBREVIATED = "Dr. Smith paid $3.50. Then Mr. Jones, No. 5 on the list, left vs. Mrs. Brown."
 _TIMEOUT = 60
 
 
@@ -64,25 +66,40 @@ def _spoken(chunks):
     return [(c.text_span.start, c.text_span.end, c.sentence_index) for c in chunks if c.num_samples]
 
 
-async def test_char_by_char_speaks_the_same_audio_as_synthesize_stream(stub):
-    whole = await _stream(stub, _THREE_SENTENCES)
-    live = await _live_char_by_char(stub, _THREE_SENTENCES)
+@pytest.mark.parametrize("text", [_THREE_SENTENCES, _ABBREVIATED])
+async def test_char_by_char_speaks_the_same_audio_as_synthesize_stream(stub, text):
+    whole = await _stream(stub, text)
+    live = await _live_char_by_char(stub, text)
     assert b"".join(c.audio for c in live) == b"".join(c.audio for c in whole)
     assert _spoken(live) == _spoken(whole)
     assert [c.sequence for c in live] == list(range(len(live)))
     assert [c.final for c in live] == [False] * (len(live) - 1) + [True]
 
 
-async def test_decimal_is_not_split_and_sentences_match_synthesize_stream(stub):
+def _longest_silence(chunks) -> int:
+    """Longest run of exact zero samples (LINEAR16): inserted sentence silence is
+    exact zeros, the voice's own pauses are not."""
+    audio = np.frombuffer(b"".join(c.audio for c in chunks), dtype="<i2")
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], (audio == 0).view(np.int8), [0]))))
+    return int(np.max(edges[1::2] - edges[::2])) if edges.size else 0
+
+
+async def test_dr_and_a_decimal_are_one_sentence_in_both_rpcs(stub):
     text = "Dr. Smith paid $3.50."
+    silence = round(DEFAULT_SENTENCE_SILENCE_S * 22050)
     whole = await _stream(stub, text)
     live = await _live_char_by_char(stub, text)
+    for chunks in (whole, live):
+        # One sentence: index 0 throughout (its first segment is cut short for
+        # the time to first audio, at a word boundary), never cut at "Dr." or "3.".
+        spoken = _spoken(chunks)
+        assert {index for _, _, index in spoken} == {0}
+        assert spoken[0][0] == 0 and spoken[-1][1] == len(text)
+        assert not {end for _, end, _ in spoken} & {text.index(".") + 1, text.index("3.") + 2}
+        assert _longest_silence(chunks) < silence  # no sentence_silence_s after "Dr."
     assert b"".join(c.audio for c in live) == b"".join(c.audio for c in whole)
-    assert _spoken(live) == _spoken(whole)
-    # Never cut inside "3.50"; "Dr. " before an uppercase word is a sentence
-    # end for espeak-ng and split_sentences alike, so the live call agrees.
-    assert all(not (text.index("3.") < c.text_span.end < text.index("50.") + 2) for c in live[:-1])
-    assert {c.sentence_index for c in live if c.num_samples} == set(range(len(split_sentences(text))))
+    # The check can fail: a real sentence end has the silence in its audio.
+    assert _longest_silence(await _stream(stub, "Dr. Smith paid. Then he left.")) >= silence
 
 
 async def test_flush_mid_sentence_speaks_the_fragment_at_once(stub):
@@ -100,13 +117,18 @@ async def test_flush_mid_sentence_speaks_the_fragment_at_once(stub):
     assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_run_on_without_punctuation_starts_speaking_before_it_ends(stub):
+async def test_run_on_starts_speaking_by_the_max_pending_ms_timer(stub):
     words = ["word"] * 400
     call = _start(stub)
     await call.write(_config(max_pending_ms=100, max_pending_chars=5000))
     for word in words[:20]:
         await call.write(pb.LiveRequest(text=word + " "))
-    chunk = await _read(call)  # forced by the max_pending_ms timer: input still open
+    # Now send nothing, flush nothing and keep the send side open: no
+    # punctuation and 100 characters, far below max_pending_chars, so the only
+    # rule that can make the server speak is its max_pending_ms timer, which
+    # runs from the first pending word (LiveSegmenter.due_at, unit-tested).
+    # Time to first audio against max_pending_ms is measured by the bench.
+    chunk = await _read(call)
     assert chunk.num_samples > 0 and chunk.text_span.start == 0
     assert 0 < chunk.text_span.end <= 100 and chunk.text_span.end % 5 == 0  # at a word boundary
     for word in words[20:]:

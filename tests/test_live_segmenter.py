@@ -9,6 +9,7 @@ from server.live import LiveSegmenter
 
 _TEXTS = [
     "Dr. Smith paid $3.50. Then he left! Did he? Yes.",
+    "Mr. Jones vs. Mrs. Brown, No. 5 in Fig. 3. No. Then Jr. Smith.\n\nDr.\n\nWho?",
     "Hello there.  How are you?\n\nFine, thanks. Wait... what? \"Quoted.\" (Aside.) End",
     "St. in the city. Mr. Jones arrived at 5 p.m. today. The end.",
     "No punctuation at all here",
@@ -42,17 +43,24 @@ def test_pieces_of_any_size_give_split_sentences_spans(text, size):
     assert spans + ([last] if last else []) == split_sentences(normalize(text))
 
 
-def test_decimal_is_not_a_sentence_end_and_dr_is_decided_as_split_sentences_does():
-    text = "Dr. Smith paid $3.50."
+def test_dr_and_a_decimal_are_not_sentence_ends():
+    text = "Dr. Smith paid $3.50. Then"
     seg = LiveSegmenter()
     spans = [span for c in text for span in seg.feed(c, now=0.0)]
-    # split_sentences (and espeak-ng) end a sentence at "Dr. " before an
-    # uppercase word; the live segmenter must agree to speak the same ids.
-    assert spans == [(0, 4)] == split_sentences(text)[:1]
-    assert seg.flush() == (4, len(text))  # never cut at "3."
+    assert spans == [(0, 22)] == split_sentences(text)[:1]  # not at "Dr." nor "3."
     seg = LiveSegmenter()
-    assert [seg.feed(c, now=0.0) for c in "Dr. smith paid $3.50."] == [[]] * len(text)
-    assert seg.flush() == (0, len(text))
+    assert [seg.feed(c, now=0.0) for c in "Dr. smith paid $3.50."] == [[]] * 21
+    assert seg.flush() == (0, 21)
+
+
+def test_no_before_a_digit_waits_for_the_next_character():
+    seg = LiveSegmenter()
+    assert seg.feed("See No. ", now=0.0) == []
+    assert seg.feed("5", now=0.0) == []  # a number follows: not an end
+    assert seg.feed(" now. Then", now=0.0) == [(0, 15)]
+    seg = LiveSegmenter()
+    assert seg.feed("See No. ", now=0.0) == []
+    assert seg.feed("Then", now=0.0) == [(0, 8)]  # the answer "No." ends a sentence
 
 
 def test_boundary_is_decided_on_the_first_character_after_the_space():
@@ -63,8 +71,11 @@ def test_boundary_is_decided_on_the_first_character_after_the_space():
     assert seg.feed("Then", now=0.0) == [(0, 22)]
     assert seg.text[0:22] == "Dr.    smith is here. "
     seg2 = LiveSegmenter()
-    assert seg2.feed("Dr. ", now=0.0) == []
-    assert seg2.feed("Smith", now=0.0) == [(0, 4)]  # as split_sentences("Dr. Smith") decides
+    assert seg2.feed("He is ill. ", now=0.0) == []
+    assert seg2.feed("Smith", now=0.0) == [(0, 11)]  # as split_sentences("... ill. Smith") decides
+    seg3 = LiveSegmenter()
+    assert seg3.feed("Dr. ", now=0.0) == []
+    assert seg3.feed("Smith", now=0.0) == []  # a title before a name: not an end
 
 
 def test_flush_mid_sentence_speaks_the_fragment_and_starts_a_new_region():
@@ -97,6 +108,18 @@ def test_timer_forces_a_split_at_the_last_word_boundary():
     assert seg.feed("ee ", now=0.3) == []
     assert seg.force_split(now=0.3) == (8, 14)
     assert seg.pending_since is None and seg.force_split(now=99.0) is None
+
+
+def test_forced_cuts_never_part_a_title_from_its_name():
+    seg = LiveSegmenter(max_pending_ms=100)
+    seg.feed("Ask Dr. ", now=0.0)
+    assert seg.force_split(now=1.0) == (0, 4)  # before "Dr.", not after it
+    assert seg.force_split(now=2.0) is None  # "Dr. " alone waits for the name
+    assert seg.feed("Smith now", now=2.0) == []
+    assert seg.force_split(now=3.0) == (4, 14)
+    seg = LiveSegmenter(max_pending_chars=10)
+    assert seg.feed("Go to St. Louis", now=0.0) == [(0, 6)]  # not "Go to St. "
+    assert seg.pending == "St. Louis"
 
 
 def test_pending_since_is_the_first_pending_character():
@@ -139,7 +162,8 @@ def test_offsets_count_code_points_and_normalize_keeps_lengths():
 def test_random_texts_in_random_pieces_give_split_sentences_spans():
     import random
     rng = random.Random(9)
-    alphabet = ["a", "b", "A", "B", " ", " ", ".", "!", "?", "..", '"', "'", ")", "]", "\n", "\t", "3", ","]
+    alphabet = ["a", "b", "A", "B", " ", " ", ".", "!", "?", "..", '"', "'", ")", "]", "\n", "\t", "3", ",",
+                "Dr", "No", "vs"]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         seg, spans, i = LiveSegmenter(max_pending_chars=0), [], 0
