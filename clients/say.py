@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 import grpc
 
@@ -37,11 +38,17 @@ EXIT_NO_AUDIO = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 _AUTO_PROGRESS_CHARS = 300  # a bar by default only for text longer than a few sentences
+_LIVE_READ_BYTES = 4096
 
 _EPILOG = f"""\
 outputs:
   with neither -o nor --raw the audio is played; -o alone writes only the WAV
   (no sound card needed); --play with -o or --raw also plays it.
+
+live:
+  --live speaks standard input as it arrives (SynthesizeLive), each sentence
+  as soon as it is complete: some-llm | {_PROG} --live
+  End of input speaks what is left and ends the call.
 
 exit codes:
   {EXIT_OK}    done
@@ -67,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default="127.0.0.1:50051", help="server address host:port (default %(default)s)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="deadline of the synthesis call in seconds (default %(default)s)")
+    p.add_argument("--live", action="store_true",
+                   help="read standard input as it arrives and speak each sentence once complete "
+                        "(SynthesizeLive), e.g. some-llm | speakstream-say --live")
     req = p.add_argument_group("request")
     req.add_argument("--voice", default="", help="voice name (default: the server's default)")
     req.add_argument("--speaker", type=int, help="speaker id of a multi-speaker voice")
@@ -124,6 +134,8 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(exc))
     if args.timeout <= 0:
         parser.error("--timeout: must be > 0")
+    if args.live and (args.text is not None or args.file not in (None, "-")):
+        parser.error("--live reads standard input: give no text argument and no --file")
     return SayOptions(play=play, wav_path=args.output, raw=args.raw, player=player,
                       progress=args.progress, stats=args.stats, stats_json=args.stats_json,
                       verbose=args.verbose, server=args.server, timeout=args.timeout)
@@ -148,6 +160,26 @@ def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     if not text.strip():
         parser.error("no text to speak: give it as an argument, with --file, or on standard input")
     return text
+
+
+def live_requests(config: pb.SynthesizeRequest, stream: BinaryIO,
+                  read_bytes: int = _LIVE_READ_BYTES) -> Iterator[pb.LiveRequest]:
+    """The SynthesizeLive requests: the config, then each piece of `stream` as it
+    arrives (one read, not a line or a full buffer), until end of input.
+
+    Ending the requests closes the send side, which makes the server speak
+    what is pending and end the stream. Runs on gRPC's request thread.
+    """
+    yield pb.LiveRequest(config=pb.LiveConfig(settings=config))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    fd = stream.fileno()
+    while True:
+        data = os.read(fd, read_bytes)  # returns as soon as any bytes are there
+        text = decoder.decode(data, final=not data)
+        if text:
+            yield pb.LiveRequest(text=text)
+        if not data:
+            return
 
 
 def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeRequest:
@@ -189,9 +221,23 @@ def speak(stub, request: pb.SynthesizeRequest, outputs: list, *, timeout: float,
     :raises grpc.RpcError: the call failed; the outputs are aborted.
     :raises KeyboardInterrupt: the call is cancelled first.
     """
+    return receive(lambda: stub.SynthesizeStream(request, timeout=timeout), outputs,
+                   progress=progress, player=player)
+
+
+def speak_live(stub, config: pb.SynthesizeRequest, stream: BinaryIO, outputs: list, *, timeout: float,
+               player: Optional[Player] = None) -> SayResult:
+    """Speak `stream` (standard input) as it arrives through SynthesizeLive; as `speak`."""
+    return receive(lambda: stub.SynthesizeLive(live_requests(config, stream), timeout=timeout),
+                   outputs, player=player)
+
+
+def receive(start_call, outputs: list, *, progress: Optional[Progress] = None,
+            player: Optional[Player] = None) -> SayResult:
+    """Play / write the chunks of the call `start_call()` makes; as `speak`."""
     sinks = ([player] if player is not None else []) + outputs
     result = SayResult(started_at=time.monotonic(), cpu_started_s=time.process_time())
-    call = stub.SynthesizeStream(request, timeout=timeout)
+    call = start_call()
     try:
         for chunk in call:
             if result.first_chunk_at is None:
@@ -286,6 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.list_devices:
         return _list_devices()
     options = options_from_args(args, parser)
+    if args.live:
+        if sys.stdin.isatty():
+            print(f"{_PROG}: speaking standard input as you type (end it with Ctrl-D)", file=sys.stderr)
+        return _run(options, request_from_args(args, ""), 0, live_input=sys.stdin.buffer)
     try:
         text = read_text(args, parser)
     except OSError as exc:
@@ -295,7 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run(options, request_from_args(args, text), len(text))
 
 
-def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int) -> int:
+def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
+         live_input: Optional[BinaryIO] = None) -> int:
+    """:param live_input: speak this stream as it arrives (--live); `request` is the config."""
     outputs: list = []
     if options.wav_path:
         outputs.append(WavOutput(options.wav_path))
@@ -304,6 +356,7 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int) ->
     show_progress = options.progress
     if show_progress is None:
         show_progress = sys.stderr.isatty() and text_chars >= _AUTO_PROGRESS_CHARS
+    show_progress = show_progress and live_input is None  # the length of live text is unknown
     progress = Progress(text_chars, sys.stderr) if show_progress else None
     player = Player(options.player) if options.play else None
     if player is not None:
@@ -318,8 +371,13 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int) ->
                 if options.verbose:
                     stack.callback(lambda: sys.stderr.write(player.device_log))
             channel = stack.enter_context(grpc.insecure_channel(options.server))
-            result = speak(pb_grpc.SynthesizerStub(channel), request, outputs,
-                           timeout=options.timeout, progress=progress, player=player)
+            stub = pb_grpc.SynthesizerStub(channel)
+            if live_input is not None:
+                result = speak_live(stub, request, live_input, outputs, timeout=options.timeout,
+                                    player=player)
+            else:
+                result = speak(stub, request, outputs, timeout=options.timeout, progress=progress,
+                               player=player)
     except grpc.RpcError as exc:
         return _fail_after(progress, _rpc_message(exc, options.server), _rpc_exit_code(exc))
     except AudioUnavailable as exc:

@@ -109,6 +109,54 @@ async def test_empty_text_is_a_usage_error_before_any_call():
     assert "no text" in err
 
 
+async def _stream_pcm(stub, text: str) -> bytes:
+    request = pb.SynthesizeRequest(text=text, noise_scale=0, noise_w=0)
+    return b"".join([c.audio async for c in stub.SynthesizeStream(request, timeout=_TIMEOUT)])
+
+
+async def test_live_speaks_stdin_as_it_arrives(app, stub):
+    """--live: the first sentence is heard while standard input is still open."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.say", "--live", "--raw", "--server", app.address, *_DETERMINISTIC,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    pieces = ["The owl ", "hoots at mid", "night. The", " fox answers from the hill."]
+    for piece in pieces[:3]:  # "night. T" completes the first sentence
+        process.stdin.write(piece.encode())
+        await process.stdin.drain()
+    first = await asyncio.wait_for(process.stdout.read(2), _TIMEOUT)  # stdin is still open
+    assert len(first) == 2
+    process.stdin.write(pieces[3].encode())
+    process.stdin.close()  # end of input: the rest is spoken and the call ends
+    rest, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    assert process.returncode == 0, err.decode()
+    # The same deterministic audio as the whole text through SynthesizeStream.
+    assert first + rest == await _stream_pcm(stub, "".join(pieces))
+
+
+async def test_live_writes_a_wav_and_decodes_utf8_split_across_writes(app, stub, tmp_path):
+    out = tmp_path / "live.wav"
+    text = "Café naïve. Dr. Smith paid $3.50."
+    data = text.encode()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.say", "--live", "-o", str(out), "--server", app.address,
+        *_DETERMINISTIC, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    cut = data.index("é".encode()) + 1  # inside the two bytes of "é"
+    process.stdin.write(data[:cut])
+    await process.stdin.drain()
+    process.stdin.write(data[cut:])
+    process.stdin.close()
+    _, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    assert process.returncode == 0, err.decode()
+    with wave.open(str(out)) as wav:
+        assert wav.readframes(wav.getnframes()) == await _stream_pcm(stub, text)
+
+
+async def test_live_refuses_a_text_argument():
+    code, _, err = await _say("--live", "--server", "127.0.0.1:1", "hello")
+    assert code == 2 and "--live reads standard input" in err
+
+
 async def test_help_documents_every_exit_code():
     code, out, _ = await _say("--help")
     assert code == 0
