@@ -192,11 +192,11 @@ def _word_before(text: str, end: int, low: int) -> str:
     """The run of letters ending at `end`, or "" when it is not a whole word
     (a letter, digit or "." before it, as in "U.S.Dr" or "A1Dr")."""
     start = end
-    while start > low and text[start - 1].isalpha():
+    while start > low and (text[start - 1].isalpha() or text[start - 1] == IGNORED):
         start -= 1
     if start > low and (text[start - 1].isalnum() or text[start - 1] == "."):
         return ""
-    return text[start:end]
+    return text[start:end].replace(IGNORED, "")
 
 
 def phonemize(text: str, espeak_voice: str) -> list[list[str]]:

@@ -104,6 +104,11 @@ def test_abbreviation_rule_is_narrow(text, first):
     assert text[start:end] == first
 
 
+def test_a_format_character_inside_the_title_does_not_hide_it():
+    text = normalize("D\u200br. Smith paid.")
+    assert split_sentences(text) == [(0, len(text))]
+
+
 def test_sentence_phonemes_joins_espeaks_sentences_without_a_separator(voice_config):
     parts = phonemize("Dr. Smith paid.", voice_config.espeak_voice)
     assert len(parts) == 2
