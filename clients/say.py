@@ -54,7 +54,8 @@ exit codes:
   {EXIT_OK}    done
   {EXIT_LOCAL_IO}    cannot read --file or write the output file
   {EXIT_USAGE}    bad arguments, or the server refused the request (INVALID_ARGUMENT,
-       NOT_FOUND: unknown voice or speaker, a knob out of range, --rate)
+       NOT_FOUND: unknown voice or speaker, a knob out of range, --rate
+       outside 8000-48000)
   {EXIT_SERVER}    server unreachable, or it failed (UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED, INTERNAL, ...)
   {EXIT_NO_AUDIO}    no audio output: PyAudio missing, no device, --device not found,
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(SynthesizeLive), e.g. some-llm | speakstream-say --live")
     req = p.add_argument_group("request")
     req.add_argument("--voice", default="", help="voice name (default: the server's default)")
-    req.add_argument("--speaker", type=int, help="speaker id of a multi-speaker voice")
+    req.add_argument("--speaker", help="speaker of a multi-speaker voice: its id (a number) or its name")
     req.add_argument("--speed", type=float, help="speaking rate, 1.0 = normal")
     req.add_argument("--noise-scale", type=float, help="voice variation, 0 = deterministic")
     req.add_argument("--noise-w", type=float, help="timing variation, 0 = deterministic")
@@ -186,7 +187,12 @@ def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeReque
     """A SynthesizeRequest carrying the flags that were given."""
     request = pb.SynthesizeRequest(text=text, voice=args.voice, encoding=pb.AUDIO_ENCODING_LINEAR16,
                                    sample_rate_hz=args.rate, chunk_ms=args.chunk_ms)
-    for field_name, value in (("speaker_id", args.speaker), ("speed", args.speed),
+    if args.speaker is not None:
+        if args.speaker.isdigit():
+            request.speaker_id = int(args.speaker)
+        else:
+            request.speaker = args.speaker
+    for field_name, value in (("speed", args.speed),
                               ("noise_scale", args.noise_scale), ("noise_w", args.noise_w)):
         if value is not None:
             setattr(request, field_name, value)

@@ -26,7 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     p.add_argument("--voice", default=d.voice, help="default voice name (default: the bundled en_US-joe-medium)")
-    p.add_argument("--voice-dir", type=Path, help="directory of extra Piper voices (*.onnx + *.onnx.json)")
+    p.add_argument("--voice-dir", type=Path,
+                   help="directory of extra Piper voices (*.onnx + *.onnx.json), named after their files")
+    p.add_argument("--preload", action="store_true", default=d.preload,
+                   help="load every voice's model at start-up, skipping broken ones (default: the default "
+                        "voice at start-up, the others on first use)")
+    p.add_argument("--voice-idle-s", type=float, default=d.voice_idle_s,
+                   help="unload a voice other than the default after this many idle seconds; 0 = never "
+                        "(default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                    help="inference device; auto = CUDA when available (default %(default)s)")
     p.add_argument("--cuda-device-id", type=int, default=d.cuda_device_id, help="GPU index (default %(default)s)")
@@ -114,6 +121,7 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
     try:
         settings = Settings(
             host=args.host, port=args.port, voice=args.voice, voice_dir=args.voice_dir,
+            preload=args.preload, voice_idle_s=args.voice_idle_s,
             device=args.device, cuda_device_id=args.cuda_device_id,
             gpu_mem_limit_mb=args.gpu_mem_limit_mb, pool_size=args.pool_size,
             sessions=args.sessions, intra_op_threads=args.intra_op_threads,

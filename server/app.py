@@ -16,6 +16,7 @@ from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesiz
 
 from server import transport
 from server.config import Settings
+from server.errors import VoiceLoadError
 from server.gpu import GpuMonitor
 from server.memory import tune_malloc
 from server.metrics import Metrics
@@ -55,6 +56,7 @@ class App:
     stats: Optional[StatsServicer] = None
     exporter: Optional[PrometheusExporter] = None
     gpu: Optional[GpuMonitor] = None
+    voice_reaper: Optional[asyncio.Future] = None
 
     @property
     def metrics_port(self) -> Optional[int]:
@@ -69,6 +71,8 @@ class App:
     async def stop(self, grace: Optional[float] = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish for `grace` s."""
         self.scheduler.drain()
+        if self.voice_reaper is not None:
+            self.voice_reaper.cancel()
         await self.health.enter_graceful_shutdown()
         if self.stats is not None:
             await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
@@ -90,8 +94,7 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     tune_malloc()
     voices = voices or load_voices(settings)
     pool = SessionPool(settings)
-    # Model load is seconds of blocking work: keep it off the event loop.
-    await asyncio.get_running_loop().run_in_executor(None, pool.sessions, voices.default)
+    await _load_voices(settings, voices, pool)
     metrics = Metrics(enabled=settings.metrics)
     scheduler = Scheduler(settings.pool_size, settings.max_queue, metrics)
     await scheduler.start()
@@ -114,9 +117,40 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     await server.start()
     app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
               metrics=metrics, stats=stats, exporter=exporter, gpu=gpu)
+    if settings.voice_idle_s:
+        app.voice_reaper = asyncio.ensure_future(_unload_idle_voices(pool, settings.voice_idle_s,
+                                                                     voices.default.name))
     _LOGGER.info("ready on %s (voice %s, pool %d, %.1f s to start)", app.address,
                  voices.default.name, settings.pool_size, time.monotonic() - started)
     return app
+
+
+async def _load_voices(settings: Settings, voices: VoiceRegistry, pool: SessionPool) -> None:
+    """The default voice's sessions (VoiceLoadError stops start-up), and with --preload every voice's.
+
+    Model load is seconds of blocking work: it runs off the event loop. An
+    extra voice that fails to load is logged by name and dropped from the list.
+    """
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, pool.sessions, voices.default)
+    if not settings.preload:
+        return
+    for voice in list(voices):
+        if voice is voices.default:
+            continue
+        try:
+            await loop.run_in_executor(None, pool.sessions, voice)
+        except VoiceLoadError as exc:
+            voices.skip(voice.name, str(exc))
+
+
+async def _unload_idle_voices(pool: SessionPool, idle_s: float, default: str) -> None:
+    """Every quarter of --voice-idle-s (at most 5 s), unload the voices idle that long."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(min(idle_s / 4, 5.0))
+        # Dropping sessions frees ORT memory, which can take a moment: off the loop.
+        await loop.run_in_executor(None, pool.unload_idle, idle_s, default)
 
 
 async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:

@@ -32,6 +32,13 @@ class Settings:
     voice_dir: Optional[Path] = None
     """Directory of extra Piper voices (*.onnx + *.onnx.json)."""
 
+    preload: bool = False
+    """Load every voice's sessions at start-up (a broken extra voice is skipped then);
+    False: the default voice at start-up, the others on first use."""
+
+    voice_idle_s: float = 0.0
+    """Unload a voice other than the default after this many seconds without a run; 0 = never."""
+
     device: str = "auto"
     """Inference device: "auto" (CUDA when available, else CPU), "cpu", "cuda"."""
 
@@ -177,6 +184,8 @@ class Settings:
                              f"({self.pool_size + self.max_queue}) so health and Stats answer under load")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
+        if self.voice_idle_s < 0:
+            raise ValueError(f"voice_idle_s: must be >= 0, got {self.voice_idle_s}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
         if self.log_format not in ("text", "json"):

@@ -70,3 +70,13 @@ class InferenceFailed(SpeakstreamError):
 
 class VoiceLoadError(Exception):
     """A voice's model or config file is missing or unreadable (start-up error)."""
+
+
+class VoiceUnavailable(SpeakstreamError):
+    """A listed voice's model failed to load on first use; the message names the file."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, problem: str):
+        super().__init__(f"voice: {problem}")
+        self.field = "voice"

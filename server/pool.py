@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.config import Settings
-from server.errors import InferenceFailed
+from server.errors import InferenceFailed, VoiceLoadError
 from server.voices import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -150,6 +150,13 @@ class VoiceSessions:
         self._counter = itertools.count()
         self.slots = [self._load() for _ in range(settings.sessions)]
         self._has_sid = "sid" in {i.name for i in self.slots[0].session.get_inputs()}
+        self.last_used = time.monotonic()
+        """time.monotonic() of the latest run's start or end (for --voice-idle-s)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Runs on this voice's sessions now."""
+        return sum(slot.in_flight for slot in self.slots)
 
     def _load(self) -> SessionSlot:
         available = ort.get_available_providers()
@@ -204,11 +211,13 @@ class VoiceSessions:
         with self._lock:
             slot = min(self.slots, key=lambda s: s.in_flight)
             slot.in_flight += 1
+            self.last_used = time.monotonic()
             return slot
 
     def _after_run(self, slot: SessionSlot, seconds: float, failed: bool) -> None:
         with self._lock:
             slot.in_flight -= 1
+            self.last_used = time.monotonic()
             slot.runs += 1
             slot.busy_s += seconds
             if failed:
@@ -239,20 +248,59 @@ def _terminated(run_options: Optional[ort.RunOptions]) -> bool:
 
 
 class SessionPool:
-    """Sessions per voice, loaded on first use (the default voice at start-up)."""
+    """Sessions per voice, loaded on first use (the default voice at start-up).
+
+    Voices load independently: loading one holds only that voice's lock, so
+    calls for voices already loaded never wait behind it. Sessions are per
+    voice; the scheduler's workers are shared by all voices (docs/ARCHITECTURE.md).
+    """
 
     def __init__(self, settings: Settings):
         self._settings = settings
         self._voices: dict[str, VoiceSessions] = {}
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
 
     def sessions(self, voice: Voice) -> VoiceSessions:
-        """The sessions of `voice`, loading them if needed (blocking; call off the loop)."""
+        """The sessions of `voice`, loading them if needed (blocking; call off the loop).
+
+        :raises VoiceLoadError: the model does not load; the message names the file.
+        """
         with self._lock:
             loaded = self._voices.get(voice.name)
+            if loaded is not None:
+                return loaded
+            loading = self._loading.setdefault(voice.name, threading.Lock())
+        with loading:  # one load per voice, however many calls wait for it
+            with self._lock:
+                loaded = self._voices.get(voice.name)
             if loaded is None:
-                loaded = self._voices[voice.name] = VoiceSessions(voice, self._settings)
+                started = time.monotonic()
+                try:
+                    loaded = VoiceSessions(voice, self._settings)
+                except Exception as exc:
+                    raise VoiceLoadError(f"cannot load the model {voice.model_path}: {exc}") from exc
+                with self._lock:
+                    self._voices[voice.name] = loaded
+                _LOGGER.info("voice %s loaded in %.1f s", voice.name, time.monotonic() - started)
             return loaded
+
+    def unload_idle(self, idle_s: float, keep: str, now: Optional[float] = None) -> list[str]:
+        """Drop the sessions of voices (other than `keep`) without a run for `idle_s` seconds.
+
+        A voice with a run in flight is never dropped. A call that already
+        holds a voice's sessions finishes on them; the memory goes when it ends.
+        :returns: the names of the voices unloaded.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [name for name, sessions in self._voices.items()
+                    if name != keep and sessions.in_flight == 0 and now - sessions.last_used >= idle_s]
+            for name in idle:
+                del self._voices[name]
+        for name in idle:
+            _LOGGER.info("voice %s unloaded after %.0f s idle", name, idle_s)
+        return idle
 
     def loaded(self, voice: Voice) -> Optional[VoiceSessions]:
         """The sessions of `voice` if already loaded, else None (non-blocking)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from server.cache import AudioCache
 from server.config import Settings
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, VoiceLoadError, VoiceUnavailable
 from server.frontend import Frontend, Segment
 from server.options import SynthesisOptions
 from server.pool import SessionPool, VoiceSessions
@@ -91,7 +91,11 @@ class Synthesizer:
         if loaded is not None:
             return loaded
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._pool.sessions, options.voice)
+        try:
+            return await loop.run_in_executor(None, self._pool.sessions, options.voice)
+        except VoiceLoadError as exc:
+            _LOGGER.error("voice %s: %s", options.voice.name, exc)
+            raise VoiceUnavailable(f"{options.voice.name}: {exc}") from None
 
     def start_segment(self, segment: Segment, options: SynthesisOptions, sessions: VoiceSessions,
                       due: float, deadline: Optional[float], owner: str

@@ -94,8 +94,12 @@ def bundled_voice() -> Voice:
 class VoiceRegistry:
     """Voices by name, with one default."""
 
-    def __init__(self, voices: list[Voice], default: str):
+    def __init__(self, voices: list[Voice], default: str, skipped: Optional[dict[str, str]] = None):
         self._voices = {v.name: v for v in voices}
+        self.skipped: dict[str, str] = dict(skipped or {})
+        """Voices found broken, by name: the problem (naming the file)."""
+        if default in self.skipped:
+            raise VoiceLoadError(f"default voice {default}: {self.skipped[default]}")
         if default not in self._voices:
             raise VoiceLoadError(f"default voice {default!r} is not among {sorted(self._voices)}")
         self._default = default
@@ -103,10 +107,19 @@ class VoiceRegistry:
     @classmethod
     def load(cls, voice_dir: Optional[Path] = None, default: str = "") -> "VoiceRegistry":
         """The bundled voice plus every voice in `voice_dir` (bad extra files are skipped)."""
-        voices = [bundled_voice()]
+        voices, skipped = [bundled_voice()], {}
         if voice_dir is not None:
-            voices.extend(_scan_dir(voice_dir))
-        return cls(voices, default or BUNDLED_VOICE)
+            found, skipped = _scan_dir(voice_dir)
+            voices.extend(found)
+        return cls(voices, default or BUNDLED_VOICE, skipped)
+
+    def skip(self, name: str, problem: str) -> None:
+        """Drop a voice found broken after the scan (its model failed to load); never the default."""
+        if name == self._default:
+            raise VoiceLoadError(f"default voice {name}: {problem}")
+        self._voices.pop(name, None)
+        self.skipped[name] = problem
+        _LOGGER.error("skipping voice %s: %s", name, problem)
 
     @property
     def default(self) -> Voice:
@@ -129,13 +142,16 @@ class VoiceRegistry:
         return len(self._voices)
 
 
-def _scan_dir(voice_dir: Path) -> list[Voice]:
+def _scan_dir(voice_dir: Path) -> tuple[list[Voice], dict[str, str]]:
+    """The voices in `voice_dir` and, by name, the problems of those that could not be read."""
     if not voice_dir.is_dir():
         raise VoiceLoadError(f"voice directory not found: {voice_dir}")
-    voices = []
+    voices, skipped = [], {}
     for model_path in sorted(voice_dir.glob("*.onnx")):
+        name = model_path.name[: -len(".onnx")]
         try:
             voices.append(Voice.from_files(model_path))
         except VoiceLoadError as exc:
-            _LOGGER.error("skipping voice: %s", exc)
-    return voices
+            skipped[name] = str(exc)
+            _LOGGER.error("skipping voice %s: %s", name, exc)
+    return voices, skipped

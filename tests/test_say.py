@@ -182,3 +182,9 @@ async def test_ctrl_c_cancels_the_call_stops_playback_and_exits_130(app, tmp_pat
         # and with it the device, has stopped long before the text's end.
         played_s = len(device.data) / device.bytes_per_s
     assert played_s < 10  # of about two minutes of speech
+
+
+async def test_speaker_by_name_reaches_the_server(app, tmp_path):
+    code, _, err = await _say("--server", app.address, "--speaker", "alice", _TEXT, "-o", str(tmp_path / "a.wav"))
+    assert code == 2
+    assert "NOT_FOUND" in err and "speaker:" in err  # the bundled voice has no named speakers
