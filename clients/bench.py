@@ -8,6 +8,8 @@ Sections:
 - memory: server RSS idle, peak under concurrency 8, and over a soak;
 - overhead: a short request's total time minus the floor for its segments;
 - metrics: throughput and server CPU with metrics on (watched and scraped) vs off;
+- live: SynthesizeLive, a clause's last character to its first audio, idle and at
+  concurrency 8, against the floor for the clause's first segment (clients/bench_live.py);
 - fastaudio: the playback client's audio path, extension vs numpy;
 - playback: first chunk to first frame handed to PortAudio, client CPU per audio second.
 Ratios are computed from figures measured in this same run.
@@ -390,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (default %(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--soak", type=int, default=2000, help="soak requests; 0 skips (default %(default)s)")
-    p.add_argument("--sections", nargs="+", default=["server", "metrics", "fastaudio", "playback"],
-                   choices=["server", "metrics", "fastaudio", "playback"], help="what to run (default: all)")
+    p.add_argument("--sections", nargs="+", default=["server", "metrics", "live", "fastaudio", "playback"],
+                   choices=["server", "metrics", "live", "fastaudio", "playback"],
+                   help="what to run (default: all)")
+    p.add_argument("--live-rounds", type=int, default=3,
+                   help="live section: interleaved rounds of floor, idle and concurrency 8 (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     return p
 
@@ -418,6 +423,12 @@ def main(argv=None) -> int:
         m = results["metrics"]
         print(f"\nmetrics on vs off: throughput cost {m['throughput_cost_pct']:+.1f}%, "
               f"server CPU per audio second {m['cpu_cost_pct']:+.1f}%")
+    if "live" in args.sections:
+        from clients import bench_live
+
+        print("measuring SynthesizeLive ...", file=sys.stderr)
+        results["live"] = bench_live.run(args.target, args.server_args.split(), rounds=args.live_rounds)
+        bench_live.print_table(results["live"])
     if "fastaudio" in args.sections:
         from clients import bench_fastaudio
 
