@@ -16,7 +16,15 @@ makes live input speak the same phoneme ids as SynthesizeStream.
 Splits on sentences only; a clause or word-level cut happens only when it is
 forced: by flush(), by the max_pending_chars limit (in feed) or by the
 max_pending_ms timer (force_split). A forced cut starts a new region: the
-text after it is segmented as if it began there.
+text after it is segmented as if it began there. A timer or length cut is not
+a sentence end (is_forced): the call speaks on without sentence silence, in
+the same sentence. The timer waits while audio sent earlier is still playing
+(force_split's playing_until): a cut is forced only when the listener would
+otherwise soon hear nothing.
+
+normalize() decides some characters by their neighbours (a format character
+inside a word is dropped, elsewhere it is a space), so the pending text is
+normalized again, with what came before it, each time a piece arrives.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ Span = tuple[int, int]
 
 DEFAULT_MAX_PENDING_MS = 500
 DEFAULT_MAX_PENDING_CHARS = 200
+_NORMALIZE_CONTEXT = 64
 
 
 class LiveSegmenter:
@@ -45,7 +54,9 @@ class LiveSegmenter:
                  max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS):
         self.max_pending_s = max_pending_ms / 1000.0
         self.max_pending_chars = max_pending_chars
-        self._text = ""
+        self._raw = ""  # as received
+        self._text = ""  # normalized; what was given out in spans never changes
+        self._forced: set[int] = set()  # ends of spans cut by the timer or the length
         self._start = 0  # offset of the first pending character
         self._scan = 0  # where the sentence-end search resumes (as finditer would)
         self.pending_since: Optional[float] = None
@@ -69,7 +80,8 @@ class LiveSegmenter:
     def feed(self, text: str, now: Optional[float] = None) -> list[Span]:
         """Append `text`; return the spans that are now certainly complete, in order."""
         now = time.monotonic() if now is None else now
-        self._text += normalize(text)
+        self._raw += text
+        self._normalize_pending()
         spans = self._complete_sentences()
         if len(self._text) - self._start > self.max_pending_chars > 0:
             spans.extend(self._cut_long())
@@ -78,6 +90,16 @@ class LiveSegmenter:
         elif self.pending_since is None and self.pending.strip():
             self.pending_since = now
         return spans
+
+    def is_forced(self, span: Span) -> bool:
+        """Whether `span` was cut by the timer or the length limit (mid-sentence)."""
+        return span[1] in self._forced
+
+    def _normalize_pending(self) -> None:
+        # Enough text before the pending part to decide its first characters
+        # (the word before a format character, a run of combining marks).
+        context = max(0, self._start - _NORMALIZE_CONTEXT)
+        self._text = self._text[:self._start] + normalize(self._raw[context:])[self._start - context:]
 
     def flush(self) -> Optional[Span]:
         """Everything pending as one span (None if it is blank); a new region starts."""
@@ -88,23 +110,31 @@ class LiveSegmenter:
         """Drop the pending text; its offsets stay counted, a new region starts."""
         self._cut(len(self._text))
 
-    def force_split(self, now: Optional[float] = None) -> Optional[Span]:
-        """For the timer: once pending text has waited max_pending_ms, cut it at its
-        last word boundary. None when nothing is due or no word is complete yet."""
+    def force_split(self, now: Optional[float] = None,
+                    playing_until: Optional[float] = None) -> Optional[Span]:
+        """For the timer: once due (see due_at), cut pending text at its last word
+        boundary. None when nothing is due or no word is complete yet."""
         now = time.monotonic() if now is None else now
-        if self.pending_since is None or now - self.pending_since < self.max_pending_s:
+        due = self.due_at(playing_until)
+        if due is None or now < due:
             return None
         cut = self._last_word_boundary()
         if cut is None:
             return None
         span = self._cut(cut)
+        self._forced.add(cut)
         if self.pending.strip():
             self.pending_since = now
         return span
 
-    def due_at(self) -> Optional[float]:
-        """time.monotonic() at which force_split may cut, None when nothing is pending."""
-        return None if self.pending_since is None else self.pending_since + self.max_pending_s
+    def due_at(self, playing_until: Optional[float] = None) -> Optional[float]:
+        """time.monotonic() at which force_split may cut, None when nothing is pending:
+        max_pending_ms after the first pending character, and no sooner than
+        max_pending_ms before `playing_until` (when audio sent so far runs out)."""
+        if self.pending_since is None:
+            return None
+        due = self.pending_since + self.max_pending_s
+        return due if playing_until is None else max(due, playing_until - self.max_pending_s)
 
     def _complete_sentences(self) -> list[Span]:
         """split_sentences's loop, resumable, taking only matches that can no longer change."""
@@ -131,6 +161,7 @@ class LiveSegmenter:
             limit = self._start + self.max_pending_chars
             cut = self._last_word_boundary(limit) or limit
             span = self._cut(cut)
+            self._forced.add(cut)
             if span is not None:
                 spans.append(span)
         return spans
@@ -193,12 +224,13 @@ class LiveCall:
         self._synth, self._sessions, self._options = synth, sessions, options
         self._seg, self._max_chars = segmenter, max_chars
         self._deadline, self._owner = deadline, owner
-        self._spans: asyncio.Queue = asyncio.Queue()  # (generation, span, first_of_turn) | _END
+        self._spans: asyncio.Queue = asyncio.Queue()  # (generation, span, first_of_turn, ends_sentence) | _END
         self._out: asyncio.Queue = asyncio.Queue()  # _Item | _END | exception
         self._slots = asyncio.Semaphore(synth._settings.lookahead_chunks)
         self._generation = 0
         self._new_turn = True
         self._next_index = 0
+        self._open_sentence = False  # the last span spoken was cut mid-sentence
         self._turn_start = time.monotonic()
         self._audio_s_ahead = 0.0
         self._seconds_per_phoneme = _SECONDS_PER_PHONEME * options.scales.length_scale
@@ -267,13 +299,17 @@ class LiveCall:
         stalled = False  # the timer is due but nothing can be cut before more text comes
         try:
             while True:
-                due = None if stalled else self._seg.due_at()
+                due = None if stalled else self._seg.due_at(self._playing_until())
                 try:
                     timeout = None if due is None else max(0.0, due - time.monotonic())
                     request = await asyncio.wait_for(inbox.get(), timeout)
                 except asyncio.TimeoutError:
-                    span = self._seg.force_split()
-                    stalled = span is None and time.monotonic() >= due
+                    playing_until = self._playing_until()
+                    due = self._seg.due_at(playing_until)
+                    if due is None or time.monotonic() < due:
+                        continue  # more audio was queued meanwhile: wait on
+                    span = self._seg.force_split(playing_until=playing_until)
+                    stalled = span is None
                     self._emit(span)
                     continue
                 stalled = False
@@ -311,12 +347,19 @@ class LiveCall:
             while not self._spans.empty():
                 self._spans.get_nowait()
             self._cancel_jobs()
+            self._audio_s_ahead = 0.0  # the cleared audio will not play
 
     def _emit(self, span: Optional[Span]) -> None:
         if span is None:
             return
-        self._spans.put_nowait((self._generation, span, self._new_turn))
+        ends_sentence = not self._seg.is_forced(span)
+        self._spans.put_nowait((self._generation, span, self._new_turn, ends_sentence))
         self._new_turn = False
+
+    def _playing_until(self) -> Optional[float]:
+        """When the audio queued in this turn would have played out (estimated as
+        for due times), None before the turn has any."""
+        return self._turn_start + self._audio_s_ahead if self._audio_s_ahead else None
 
     # -- producer -------------------------------------------------------------
 
@@ -328,15 +371,22 @@ class LiveCall:
                 if entry is _END:
                     self._out.put_nowait(_END)
                     return
-                generation, span, first_of_turn = entry
+                generation, span, first_of_turn, ends_sentence = entry
                 text, index = self._seg.text, self._next_index
+                if first_of_turn and self._open_sentence:
+                    index += 1  # a new turn never continues a sentence cut off by clear
                 started = time.monotonic()
                 segments = await loop.run_in_executor(
                     self._synth._frontend_thread, span_segments, self._synth, text, span, index,
                     first_of_turn, self._options)
                 self._synth._metrics.record_phonemization(time.monotonic() - started)
                 if segments:
-                    self._next_index = segments[-1].sentence_index + 1
+                    # A timer or length cut is no sentence end: no silence after
+                    # it, and the rest of the sentence keeps its index.
+                    if not ends_sentence:
+                        segments[-1] = dataclasses.replace(segments[-1], ends_sentence=False)
+                    self._next_index = index + 1 if ends_sentence else index
+                    self._open_sentence = not ends_sentence
                 if first_of_turn:
                     self._turn_start, self._audio_s_ahead = time.monotonic(), 0.0
                 for segment in segments:

@@ -66,7 +66,7 @@ def _spoken(chunks):
     return [(c.text_span.start, c.text_span.end, c.sentence_index) for c in chunks if c.num_samples]
 
 
-@pytest.mark.parametrize("text", [_THREE_SENTENCES, _ABBREVIATED])
+@pytest.mark.parametrize("text", [_THREE_SENTENCES, _ABBREVIATED, "Say hel\u200blo to Zoë now. Bye."])
 async def test_char_by_char_speaks_the_same_audio_as_synthesize_stream(stub, text):
     whole = await _stream(stub, text)
     live = await _live_char_by_char(stub, text)
@@ -136,6 +136,9 @@ async def test_run_on_starts_speaking_by_the_max_pending_ms_timer(stub):
     await call.done_writing()
     rest = await _drain(call)
     assert rest[-1].final and rest[-1].text_span.end == 2000
+    # The forced cut is not a sentence end: one sentence, no silence inserted.
+    assert {c.sentence_index for c in [chunk, *rest]} == {0}
+    assert _longest_silence([chunk, *rest]) < round(DEFAULT_SENTENCE_SILENCE_S * 22050)
 
 
 def _runs(app, request_id):

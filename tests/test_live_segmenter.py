@@ -122,6 +122,35 @@ def test_forced_cuts_never_part_a_title_from_its_name():
     assert seg.pending == "St. Louis"
 
 
+def test_timer_and_length_cuts_are_forced_sentences_and_flushes_are_not():
+    seg = LiveSegmenter(max_pending_ms=100, max_pending_chars=12)
+    spans = seg.feed("One. Two three four five", now=0.0)
+    assert spans == [(0, 5), (5, 15)]  # a sentence, then a length cut
+    assert not seg.is_forced(spans[0]) and seg.is_forced(spans[1])
+    timed = seg.force_split(now=1.0)
+    assert timed == (15, 20) and seg.is_forced(timed)
+    flushed = seg.flush()
+    assert flushed == (20, 24) and not seg.is_forced(flushed)
+
+
+def test_the_timer_waits_while_audio_is_still_playing():
+    seg = LiveSegmenter(max_pending_ms=100)
+    seg.feed("a long sentence still coming", now=0.0)
+    assert seg.due_at() == pytest.approx(0.1)
+    assert seg.due_at(playing_until=5.0) == pytest.approx(4.9)  # 100 ms before the audio runs out
+    assert seg.due_at(playing_until=0.05) == pytest.approx(0.1)  # nothing left to play: as before
+    assert seg.force_split(now=1.0, playing_until=5.0) is None
+    assert seg.force_split(now=4.9, playing_until=5.0) == (0, 22)
+
+
+def test_format_characters_are_normalized_with_their_neighbours():
+    text = "Say hel\u200blo now.\u200b Next \u200b"
+    seg = LiveSegmenter()
+    spans = [span for char in text for span in seg.feed(char, now=0.0)]
+    assert seg.text == normalize(text)  # "hel\u2060lo" stays one word, as in SynthesizeStream
+    assert spans + [seg.flush()] == split_sentences(normalize(text)) == [(0, 17), (17, len(text))]
+
+
 def test_pending_since_is_the_first_pending_character():
     seg = LiveSegmenter(max_pending_ms=100)
     seg.feed("   ", now=1.0)
@@ -163,7 +192,7 @@ def test_random_texts_in_random_pieces_give_split_sentences_spans():
     import random
     rng = random.Random(9)
     alphabet = ["a", "b", "A", "B", " ", " ", ".", "!", "?", "..", '"', "'", ")", "]", "\n", "\t", "3", ",",
-                "Dr", "No", "vs"]
+                "Dr", "No", "vs", "\u200b"]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         seg, spans, i = LiveSegmenter(max_pending_chars=0), [], 0
@@ -172,4 +201,5 @@ def test_random_texts_in_random_pieces_give_split_sentences_spans():
             spans.extend(seg.feed(text[i:i + size], now=0.0))
             i += size
         last = seg.flush()
-        assert spans + ([last] if last else []) == split_sentences(text), repr(text)
+        assert seg.text == normalize(text), repr(text)
+        assert spans + ([last] if last else []) == split_sentences(normalize(text)), repr(text)
