@@ -152,6 +152,27 @@ async def test_live_writes_a_wav_and_decodes_utf8_split_across_writes(app, stub,
         assert wav.readframes(wav.getnframes()) == await _stream_pcm(stub, text)
 
 
+@pytest.mark.slow
+async def test_live_plays_through_the_player_to_the_device(app, stub, tmp_path):
+    text = "The tide comes in at dawn. The boats go out at noon."
+    with PacedFileDevice(tmp_path) as device:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.say", "--live", "--server", app.address, *_DETERMINISTIC,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=device.env())
+        for piece in ("The tide comes in", " at dawn. The boats", " go out at noon."):
+            process.stdin.write(piece.encode())
+            await process.stdin.drain()
+        process.stdin.close()
+        _, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+        assert process.returncode == 0, err.decode()
+        assert await asyncio.to_thread(device.wait_closed, _TIMEOUT)
+        played = device.data
+    expected = await _stream_pcm(stub, text)
+    start = played.find(expected)  # after PortAudio's start-up silence, every sample, in order
+    assert start >= 0 and not any(played[:start]) and not any(played[start + len(expected):])
+
+
 async def test_live_refuses_a_text_argument():
     code, _, err = await _say("--live", "--server", "127.0.0.1:1", "hello")
     assert code == 2 and "--live reads standard input" in err
