@@ -23,8 +23,10 @@ the same sentence. The timer waits while audio sent earlier is still playing
 otherwise soon hear nothing.
 
 normalize() decides some characters by their neighbours (a format character
-inside a word is dropped, elsewhere it is a space), so the pending text is
-normalized again, with what came before it, each time a piece arrives.
+inside a word is dropped, elsewhere it is a space), so the last characters
+received are normalized again, with what came before them, each time a
+piece arrives (a bounded tail: a run of over _NORMALIZE_CONTEXT invisible
+characters may be decided differently than in the whole text).
 """
 
 from __future__ import annotations
@@ -80,8 +82,7 @@ class LiveSegmenter:
     def feed(self, text: str, now: Optional[float] = None) -> list[Span]:
         """Append `text`; return the spans that are now certainly complete, in order."""
         now = time.monotonic() if now is None else now
-        self._raw += text
-        self._normalize_pending()
+        self._normalize_with(text)
         spans = self._complete_sentences()
         if len(self._text) - self._start > self.max_pending_chars > 0:
             spans.extend(self._cut_long())
@@ -95,11 +96,14 @@ class LiveSegmenter:
         """Whether `span` was cut by the timer or the length limit (mid-sentence)."""
         return span[1] in self._forced
 
-    def _normalize_pending(self) -> None:
-        # Enough text before the pending part to decide its first characters
-        # (the word before a format character, a run of combining marks).
-        context = max(0, self._start - _NORMALIZE_CONTEXT)
-        self._text = self._text[:self._start] + normalize(self._raw[context:])[self._start - context:]
+    def _normalize_with(self, text: str) -> None:
+        """Append `text`, normalizing it and the tail before it again (never what
+        was given out), with enough context before them to decide their first
+        characters (the word before a format character, a run of combining marks)."""
+        redo = max(self._start, len(self._raw) - _NORMALIZE_CONTEXT)
+        self._raw += text
+        context = max(0, redo - _NORMALIZE_CONTEXT)
+        self._text = self._text[:redo] + normalize(self._raw[context:])[redo - context:]
 
     def flush(self) -> Optional[Span]:
         """Everything pending as one span (None if it is blank); a new region starts."""

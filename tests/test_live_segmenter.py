@@ -149,6 +149,11 @@ def test_format_characters_are_normalized_with_their_neighbours():
     spans = [span for char in text for span in seg.feed(char, now=0.0)]
     assert seg.text == normalize(text)  # "hel\u2060lo" stays one word, as in SynthesizeStream
     assert spans + [seg.flush()] == split_sentences(normalize(text)) == [(0, 17), (17, len(text))]
+    long_text = "word " * 300 + "hel\u200blo there"  # far past the re-normalized tail's start
+    seg = LiveSegmenter(max_pending_chars=5000)
+    for char in long_text:
+        seg.feed(char, now=0.0)
+    assert seg.text == normalize(long_text)
 
 
 def test_pending_since_is_the_first_pending_character():
