@@ -61,6 +61,7 @@ class LiveSegmenter:
         self._forced: set[int] = set()  # ends of spans cut by the timer or the length
         self._start = 0  # offset of the first pending character
         self._scan = 0  # where the sentence-end search resumes (as finditer would)
+        self._uncuttable = False  # the timer was due but no boundary: wait for more text
         self.pending_since: Optional[float] = None
         """time.monotonic() of the first pending non-blank text, None when nothing is pending."""
 
@@ -83,6 +84,7 @@ class LiveSegmenter:
         """Append `text`; return the spans that are now certainly complete, in order."""
         now = time.monotonic() if now is None else now
         self._normalize_with(text)
+        self._uncuttable = False
         spans = self._complete_sentences()
         if len(self._text) - self._start > self.max_pending_chars > 0:
             spans.extend(self._cut_long())
@@ -117,13 +119,15 @@ class LiveSegmenter:
     def force_split(self, now: Optional[float] = None,
                     playing_until: Optional[float] = None) -> Optional[Span]:
         """For the timer: once due (see due_at), cut pending text at its last word
-        boundary. None when nothing is due or no word is complete yet."""
+        boundary. None when nothing is due or no word is complete yet; in the
+        latter case due_at is None until more text comes (nothing to wait for)."""
         now = time.monotonic() if now is None else now
         due = self.due_at(playing_until)
         if due is None or now < due:
             return None
         cut = self._last_word_boundary()
         if cut is None:
+            self._uncuttable = True
             return None
         span = self._cut(cut)
         self._forced.add(cut)
@@ -134,8 +138,9 @@ class LiveSegmenter:
     def due_at(self, playing_until: Optional[float] = None) -> Optional[float]:
         """time.monotonic() at which force_split may cut, None when nothing is pending:
         max_pending_ms after the first pending character, and no sooner than
-        max_pending_ms before `playing_until` (when audio sent so far runs out)."""
-        if self.pending_since is None:
+        max_pending_ms before `playing_until` (when audio sent so far runs out);
+        None too after force_split found nothing to cut, until the next feed."""
+        if self.pending_since is None or self._uncuttable:
             return None
         due = self.pending_since + self.max_pending_s
         return due if playing_until is None else max(due, playing_until - self.max_pending_s)
@@ -300,23 +305,17 @@ class LiveCall:
                 await inbox.put(exc)
 
         pumper = asyncio.create_task(pump())
-        stalled = False  # the timer is due but nothing can be cut before more text comes
         try:
             while True:
-                due = None if stalled else self._seg.due_at(self._playing_until())
+                due = self._seg.due_at(self._playing_until())
                 try:
                     timeout = None if due is None else max(0.0, due - time.monotonic())
                     request = await asyncio.wait_for(inbox.get(), timeout)
                 except asyncio.TimeoutError:
-                    playing_until = self._playing_until()
-                    due = self._seg.due_at(playing_until)
-                    if due is None or time.monotonic() < due:
-                        continue  # more audio was queued meanwhile: wait on
-                    span = self._seg.force_split(playing_until=playing_until)
-                    stalled = span is None
-                    self._emit(span)
+                    # None when more audio was queued meanwhile (not due yet) or
+                    # no word is complete (then due_at waits for the next piece).
+                    self._emit(self._seg.force_split(playing_until=self._playing_until()))
                     continue
-                stalled = False
                 if request is _END:
                     self._emit(self._seg.flush())
                     self._spans.put_nowait(_END)

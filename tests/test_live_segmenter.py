@@ -117,6 +117,23 @@ def test_forced_cuts_never_part_a_title_from_its_name():
     assert seg.force_split(now=2.0) is None  # "Dr. " alone waits for the name
     assert seg.feed("Smith now", now=2.0) == []
     assert seg.force_split(now=3.0) == (4, 14)
+
+
+def test_the_timer_waits_for_text_when_nothing_can_be_cut():
+    seg = LiveSegmenter(max_pending_ms=100)
+    seg.feed("Ask Dr. ", now=0.0)
+    assert seg.force_split(now=1.0) == (0, 4)
+    assert seg.due_at() == pytest.approx(1.1)
+    assert seg.force_split(now=2.0) is None  # "Dr. " alone: no cut
+    assert seg.due_at() is None  # so the timer sleeps until the next piece instead of spinning
+    seg.feed("Smith", now=3.0)
+    assert seg.due_at() == pytest.approx(1.1)  # due again: "Dr. Smith" has waited since 1.0
+    assert seg.force_split(now=3.0) is None and seg.due_at() is None  # "Smith" is not complete
+    seg.feed(" is", now=4.0)
+    assert seg.force_split(now=4.0) == (4, 14)
+
+
+def test_length_cuts_never_part_a_title_from_its_name():
     seg = LiveSegmenter(max_pending_chars=10)
     assert seg.feed("Go to St. Louis", now=0.0) == [(0, 6)]  # not "Go to St. "
     assert seg.pending == "St. Louis"
