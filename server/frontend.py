@@ -184,7 +184,8 @@ def abbreviation_before(text: str, dot: int, low: int, nxt: str) -> bool:
 def ends_with_abbreviation(text: str, end: int, low: int = 0) -> bool:
     """Whether `text[low:end]` ends with one of the abbreviations above, its "."
     and maybe whitespace: a cut there could part a title from its name."""
-    end = len(text[low:end].rstrip()) + low
+    while end > low and text[end - 1].isspace():
+        end -= 1
     return end > low and text[end - 1] == "." and _word_before(text, end - 1, low) in _ABBREVIATIONS
 
 

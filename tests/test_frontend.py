@@ -104,6 +104,19 @@ def test_abbreviation_rule_is_narrow(text, first):
     assert text[start:end] == first
 
 
+def test_api_doc_lists_exactly_the_abbreviations(repo_root):
+    from server.frontend import ANY_NEXT, NUMBER_WORDS, TITLES
+
+    rows = {}
+    for line in (repo_root / "docs" / "API.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| a title") or line.startswith("| a number word"):
+            rows[cells[0]] = set(cells[2].split())
+        elif line.startswith("| vs, Vs"):
+            rows["vs"] = set(cells[0].split(", "))
+    assert rows == {"a title": TITLES, "a number word": NUMBER_WORDS, "vs": ANY_NEXT}
+
+
 def test_a_format_character_inside_the_title_does_not_hide_it():
     text = normalize("D\u200br. Smith paid.")
     assert split_sentences(text) == [(0, len(text))]
