@@ -137,6 +137,8 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error("--timeout: must be > 0")
     if args.live and (args.text is not None or args.file not in (None, "-")):
         parser.error("--live reads standard input: give no text argument and no --file")
+    if args.live and args.progress:
+        parser.error("--progress needs the text's length, unknown with --live")
     return SayOptions(play=play, wav_path=args.output, raw=args.raw, player=player,
                       progress=args.progress, stats=args.stats, stats_json=args.stats_json,
                       verbose=args.verbose, server=args.server, timeout=args.timeout)

@@ -173,9 +173,11 @@ async def test_live_plays_through_the_player_to_the_device(app, stub, tmp_path):
     assert start >= 0 and not any(played[:start]) and not any(played[start + len(expected):])
 
 
-async def test_live_refuses_a_text_argument():
+async def test_live_refuses_a_text_argument_and_a_progress_bar():
     code, _, err = await _say("--live", "--server", "127.0.0.1:1", "hello")
     assert code == 2 and "--live reads standard input" in err
+    code, _, err = await _say("--live", "--progress", "--server", "127.0.0.1:1")
+    assert code == 2 and "--progress" in err
 
 
 async def test_help_documents_every_exit_code():
