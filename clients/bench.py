@@ -323,6 +323,8 @@ async def run_server_sections(args, floor_results: dict, server: Optional[Server
     out = {}
     async with grpc.aio.insecure_channel(args.target or server.address) as channel:
         stub = pb_grpc.SynthesizerStub(channel)
+        if server:
+            out["rss_start_mb"] = server.rss_mb()  # ready, warmed up, no call yet
         await one_call(stub, TEXTS["short"])
         if server:
             out["rss_idle_mb"] = server.rss_mb()
@@ -339,6 +341,9 @@ async def run_server_sections(args, floor_results: dict, server: Optional[Server
             print(f"  concurrency {c}: {result['audio_s_per_s']:.1f} audio-s/s", file=sys.stderr)
         if server and args.soak:
             out["soak"] = await bench_soak(stub, server, args.soak, 8)
+        if server and args.quiet_s:
+            await asyncio.sleep(args.quiet_s)  # past the server's --idle-trim-s
+            out["rss_quiet_mb"] = server.rss_mb()
     return out
 
 
@@ -354,6 +359,9 @@ def targets(r: dict) -> dict:
         out["throughput_c8_vs_parallel_floor"] = load8["audio_s_per_s"] / floor["parallel"]["audio_s_per_s"]
         out["ttfa_p95_c8_vs_idle_p50"] = load8["ttfa"]["p95"] / idle["medium"]["ttfa"]["p50"]
         out["rss_peak_c8_mb"] = load8.get("rss_peak_mb")
+    for key in ("rss_start_mb", "rss_quiet_mb"):
+        if key in r["server"]:
+            out[f"{key[:-3]}_idle_mb"] = r["server"][key]
     return out
 
 
@@ -376,7 +384,8 @@ def print_table(r: dict) -> None:
     print(f"\nshort request overhead: {o['overhead_s']*1000:.0f} ms "
           f"(total {o['total_s']*1000:.0f} ms - floor {o['floor_s']*1000:.0f} ms)")
     if "rss_idle_mb" in s:
-        print(f"server RSS idle: {s['rss_idle_mb']:.0f} MB")
+        print(f"server RSS: {s['rss_start_mb']:.0f} MB after start-up, {s['rss_idle_mb']:.0f} MB after one call"
+              + (f", {s['rss_quiet_mb']:.0f} MB after the load and a quiet spell" if "rss_quiet_mb" in s else ""))
     if "soak" in s:
         k = s["soak"]
         print(f"soak {k['requests']} requests: RSS {k['rss_after_warmup_mb']:.0f} -> {k['rss_end_mb']:.0f} MB "
@@ -392,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (default %(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--soak", type=int, default=2000, help="soak requests; 0 skips (default %(default)s)")
+    p.add_argument("--quiet-s", type=float, default=12.0,
+                   help="after the load, wait this long (past the server's --idle-trim-s) and read RSS; "
+                        "0 skips (default %(default)s)")
     p.add_argument("--sections", nargs="+", default=["server", "metrics", "live", "fastaudio", "playback"],
                    choices=["server", "metrics", "live", "fastaudio", "playback"],
                    help="what to run (default: all)")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from server.config import Settings
+from server.config import ARENA_EXTEND, Settings
 from server.errors import VoiceLoadError
 from server.requestlog import LOG_FORMATS, configure_logging
 
@@ -51,8 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let idle ORT threads spin (default: only when --pool-size is 1)")
     p.add_argument("--cpu-arena", action=argparse.BooleanOptionalAction, default=d.cpu_mem_arena,
                    help="ONNX Runtime CPU memory arena (default: on)")
+    p.add_argument("--arena-extend", choices=ARENA_EXTEND, default=d.arena_extend,
+                   help="how the CPU arena grows: by powers of two or by exactly what a run asks "
+                        "(default %(default)s)")
     p.add_argument("--arena-shrink-every", type=int, default=d.arena_shrink_every,
                    help="return the arena's free memory to the OS every N runs, 0 = never (default %(default)s)")
+    p.add_argument("--idle-trim-s", type=float, default=d.idle_trim_s,
+                   help="give free inference memory back after this many idle seconds, 0 = never "
+                        "(default %(default)s)")
+    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=d.warm_up,
+                   help="run each session once at start-up so the first call is fast (default: on)")
     p.add_argument("--max-phonemes-per-chunk", type=int, default=d.max_phonemes_per_chunk,
                    help="phonemes in one inference at most; bounds memory (default %(default)s)")
     p.add_argument("--first-chunk-phonemes", type=int, default=d.first_chunk_phonemes,
@@ -126,7 +134,9 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             gpu_mem_limit_mb=args.gpu_mem_limit_mb, pool_size=args.pool_size,
             sessions=args.sessions, intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads, allow_spinning=args.allow_spinning,
-            cpu_mem_arena=args.cpu_arena, arena_shrink_every=args.arena_shrink_every, max_phonemes_per_chunk=args.max_phonemes_per_chunk,
+            cpu_mem_arena=args.cpu_arena, arena_extend=args.arena_extend,
+            arena_shrink_every=args.arena_shrink_every, idle_trim_s=args.idle_trim_s, warm_up=args.warm_up,
+            max_phonemes_per_chunk=args.max_phonemes_per_chunk,
             first_chunk_phonemes=args.first_chunk_phonemes, lookahead_chunks=args.lookahead_chunks,
             cache_mb=args.cache_mb,
             max_queue=args.max_queue, max_chars=args.max_chars, grace_s=args.grace_s,

@@ -21,6 +21,7 @@ from server.gpu import GpuMonitor
 from server.memory import tune_malloc
 from server.metrics import Metrics
 from server.pool import SessionPool
+from server.trim import IdleTrimmer
 from server.prometheus import PrometheusExporter
 from server.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME, enable_reflection
 from server.scheduler import Scheduler
@@ -57,6 +58,7 @@ class App:
     exporter: Optional[PrometheusExporter] = None
     gpu: Optional[GpuMonitor] = None
     voice_reaper: Optional[asyncio.Future] = None
+    trimmer: Optional[IdleTrimmer] = None
 
     @property
     def metrics_port(self) -> Optional[int]:
@@ -77,6 +79,8 @@ class App:
         if self.stats is not None:
             await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
         await self.server.stop(self.settings.grace_s if grace is None else grace)
+        if self.trimmer is not None:
+            await self.trimmer.stop()
         await self.scheduler.close()
         self.synthesizer.close()
         await _stop_observability(self)
@@ -98,6 +102,8 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     metrics = Metrics(enabled=settings.metrics)
     scheduler = Scheduler(settings.pool_size, settings.max_queue, metrics)
     await scheduler.start()
+    trimmer = IdleTrimmer(scheduler, pool, settings.idle_trim_s)
+    trimmer.start()
     synthesizer = Synthesizer(settings, pool, scheduler)
 
     server = grpc.aio.server(options=transport.server_options(settings),
@@ -116,7 +122,7 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     _start_profiling(settings)
     await server.start()
     app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
-              metrics=metrics, stats=stats, exporter=exporter, gpu=gpu)
+              metrics=metrics, stats=stats, exporter=exporter, gpu=gpu, trimmer=trimmer)
     if settings.voice_idle_s:
         app.voice_reaper = asyncio.ensure_future(_unload_idle_voices(pool, settings.voice_idle_s,
                                                                      voices.default.name))
@@ -132,7 +138,7 @@ async def _load_voices(settings: Settings, voices: VoiceRegistry, pool: SessionP
     extra voice that fails to load is logged by name and dropped from the list.
     """
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, pool.sessions, voices.default)
+    await loop.run_in_executor(None, _load_default, pool, voices.default, settings)
     if not settings.preload:
         return
     for voice in list(voices):
@@ -151,6 +157,14 @@ async def _unload_idle_voices(pool: SessionPool, idle_s: float, default: str) ->
         await asyncio.sleep(min(idle_s / 4, 5.0))
         # Dropping sessions frees ORT memory, which can take a moment: off the loop.
         await loop.run_in_executor(None, pool.unload_idle, idle_s, default)
+
+
+def _load_default(pool: SessionPool, voice, settings: Settings) -> None:
+    """Load the default voice's sessions; warm them up and give the warm-up's memory back."""
+    sessions = pool.sessions(voice)
+    if settings.warm_up:
+        sessions.warm_up()
+        pool.trim()
 
 
 async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 
+ARENA_EXTEND = ("power-of-two", "requested")
+
+
 def _cores() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -80,11 +83,22 @@ class Settings:
     cpu_mem_arena: bool = True
     """Use ONNX Runtime's CPU memory arena (faster; holds peak activation memory)."""
 
-    arena_same_as_requested: bool = True
-    """Grow the CPU arena by what a run asks for, not to the next power of two."""
+    arena_extend: str = "power-of-two"
+    """How the CPU arena grows: "power-of-two" (ORT's default) or "requested" (by exactly what a run asks).
+
+    Measured with one run in flight and segments of 10-100 phonemes:
+    power-of-two settles at ~305 MB RSS, "requested" keeps growing (~500 MB
+    after 120 runs) because its exact-size regions fragment; see docs/BENCHMARKS.md.
+    """
 
     arena_shrink_every: int = 0
     """Return the arena's free chunks to the OS after every Nth run of a session; 0 = never."""
+
+    idle_trim_s: float = 10.0
+    """After this many seconds with no call, give the arenas' free memory back to the OS; 0 = never."""
+
+    warm_up: bool = True
+    """Run each session once at start-up (then trim), so the first call is as fast as the rest."""
 
     max_queue: int = 64
     """Calls admitted beyond pool_size; more get RESOURCE_EXHAUSTED at once."""
@@ -186,8 +200,12 @@ class Settings:
             raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         if self.voice_idle_s < 0:
             raise ValueError(f"voice_idle_s: must be >= 0, got {self.voice_idle_s}")
+        if self.idle_trim_s < 0:
+            raise ValueError(f"idle_trim_s: must be >= 0, got {self.idle_trim_s}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if self.arena_extend not in ARENA_EXTEND:
+            raise ValueError(f"arena_extend: must be one of {', '.join(ARENA_EXTEND)}, got {self.arena_extend!r}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if self.metrics_port is not None:

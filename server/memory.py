@@ -19,13 +19,23 @@ _MMAP_THRESHOLD_BYTES = 256 * 1024
 
 def tune_malloc() -> bool:
     """Fix glibc's mmap threshold; False (and nothing changed) off glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+        return bool(_libc().mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):
         _LOGGER.info("not glibc: leaving the allocator as it is")
         return False
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc malloc_trim); False off glibc."""
+    try:
+        return bool(_libc().malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def rss_bytes() -> int:

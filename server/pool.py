@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from server.config import Settings
 from server.errors import InferenceFailed, VoiceLoadError
+from server.memory import release_free_heap
 from server.voices import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_threads
     opts.enable_cpu_mem_arena = settings.cpu_mem_arena
-    if settings.cpu_mem_arena and settings.arena_same_as_requested:
+    if settings.cpu_mem_arena and settings.arena_extend == "requested":
         _register_cpu_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
     # Spinning idle threads burn the core another run needs (see Settings).
@@ -197,6 +198,24 @@ class VoiceSessions:
         self._after_run(slot, time.monotonic() - start, failed=False)
         return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)
 
+    def warm_up(self) -> None:
+        """One first-segment-sized run on each session, so the first call does not pay ORT's first-run set-up."""
+        ids = _filler_ids(self.voice, 40)
+        for slot in list(self.slots):
+            slot.session.run(None, self._feeds(ids, _NEUTRAL, 0))
+
+    def trim(self) -> None:
+        """Give the arenas' free memory back to the OS (blocking; call while no run is in flight).
+
+        ORT shrinks an arena only at the end of a run that asks for it, so a
+        tiny run asks; it takes a few milliseconds.
+        """
+        ids = _filler_ids(self.voice, 1)
+        for slot in list(self.slots):
+            options = ort.RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            slot.session.run(None, self._feeds(ids, _NEUTRAL, 0), options)
+
     def _feeds(self, ids, scales: Scales, speaker_id: int) -> dict:
         feeds = {
             "input": np.asarray(ids, dtype=np.int64)[np.newaxis, :],
@@ -241,6 +260,19 @@ class VoiceSessions:
             self.slots[self.slots.index(broken)] = fresh
         _LOGGER.warning("voice %s: replaced failed session %d with %d",
                         self.voice.name, broken.index, fresh.index)
+
+
+_NEUTRAL = Scales(noise_scale=0.0, length_scale=1.0, noise_w=0.0)
+
+
+def _filler_ids(voice: Voice, phonemes: int) -> list[int]:
+    """Ids of `phonemes` arbitrary phonemes in the model's ^ _ p _ ... $ layout (content does not matter)."""
+    id_map = voice.config.phoneme_id_map
+    symbols = [p for p in id_map if p not in ("^", "_", "$", " ")][:8] or ["_"]
+    ids = [*id_map["^"], *id_map["_"]]
+    for i in range(phonemes):
+        ids += [*id_map[symbols[i % len(symbols)]], *id_map["_"]]
+    return ids + list(id_map["$"])
 
 
 def _terminated(run_options: Optional[ort.RunOptions]) -> bool:
@@ -309,3 +341,9 @@ class SessionPool:
     def all(self) -> list[VoiceSessions]:
         """Every loaded voice's sessions."""
         return list(self._voices.values())
+
+    def trim(self) -> None:
+        """Return free inference memory to the OS: every arena, then the C heap (blocking)."""
+        for sessions in self.all():
+            sessions.trim()
+        release_free_heap()

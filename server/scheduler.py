@@ -147,10 +147,14 @@ class Scheduler:
 
     async def wait_idle(self) -> None:
         """Return once no call is admitted and no inference runs."""
+        await self.wait_until(lambda: self.idle)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds; it is checked again whenever a call or a run ends."""
         self._idle_waiters += 1
         try:
             async with self._changed:
-                await self._changed.wait_for(lambda: self.idle)
+                await self._changed.wait_for(predicate)
         finally:
             self._idle_waiters -= 1
 
