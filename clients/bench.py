@@ -11,7 +11,9 @@ Sections:
 - live: SynthesizeLive, a clause's last character to its first audio, idle and at
   concurrency 8, against the floor for the clause's first segment (clients/bench_live.py);
 - fastaudio: the playback client's audio path, extension vs numpy;
-- playback: first chunk to first frame handed to PortAudio, client CPU per audio second.
+- playback: first chunk to first frame handed to PortAudio, client CPU per audio second;
+- encoding: CPU per audio second of each encoding and of resampling, next to inference;
+- voices: TTFA of a request for voice B while voice A streams.
 Ratios are computed from figures measured in this same run.
 """
 
@@ -404,9 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-s", type=float, default=12.0,
                    help="after the load, wait this long (past the server's --idle-trim-s) and read RSS; "
                         "0 skips (default %(default)s)")
-    p.add_argument("--sections", nargs="+", default=["server", "metrics", "live", "fastaudio", "playback"],
-                   choices=["server", "metrics", "live", "fastaudio", "playback"],
-                   help="what to run (default: all)")
+    sections = ["server", "metrics", "live", "fastaudio", "playback", "encoding", "voices"]
+    p.add_argument("--sections", nargs="+", default=sections, choices=sections, help="what to run (default: all)")
     p.add_argument("--live-rounds", type=int, default=3,
                    help="live section: interleaved rounds of floor, idle and concurrency 8 (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
@@ -451,6 +452,18 @@ def main(argv=None) -> int:
 
         results["playback"] = bench_playback.run()
         print("\nplayback:", json.dumps(results["playback"].get("summary", {}), indent=1))
+    if "encoding" in args.sections:
+        from clients import bench_encoding
+
+        print("measuring encodings and resampling ...", file=sys.stderr)
+        results["encoding"] = bench_encoding.bench_encoding(args.repeats)
+        bench_encoding.print_encoding(results["encoding"])
+    if "voices" in args.sections and not args.target:
+        from clients import bench_encoding
+
+        print("measuring voice B while voice A streams ...", file=sys.stderr)
+        results["voices"] = bench_encoding.bench_voices(args.server_args.split(), args.repeats)
+        bench_encoding.print_voices(results["voices"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}", file=sys.stderr)

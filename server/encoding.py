@@ -44,11 +44,22 @@ _SOUNDFILE = {
     Encoding.FLAC: ("FLAC", "PCM_16", "int16"),
     Encoding.OGG_OPUS: ("OGG", "OPUS", "float32"),
 }
+# Encodings whose streamed encoding runs in a worker thread, not on the event
+# loop: Opus costs ~12 ms of CPU per audio second (libsndfile's cffi calls
+# release the GIL); the others cost well under 1 ms (docs/BENCHMARKS.md).
+OFF_LOOP_ENCODINGS = frozenset({Encoding.OGG_OPUS})
 # libsndfile's SFC_SET_OGG_PAGE_LATENCY_MS: an Ogg page is cut every this many
 # ms of audio (libsndfile's minimum; its default, 1000 ms, would hold a
 # stream's first bytes back for a second).
 _SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302
 _OGG_PAGE_LATENCY_MS = 50.0
+# Opus bit rate. At 64 kbit/s libopus codes speech in its MDCT (CELT) mode,
+# which costs ~2.5x less CPU than the SILK/hybrid modes it picks at its
+# default (~40 kbit/s for mono), at a fifth of LINEAR16's size at 22 kHz
+# (docs/BENCHMARKS.md, Encodings and resampling). libsndfile sets the bit rate
+# through SFC_SET_COMPRESSION_LEVEL: level = 1 - (bit rate - 6000) / 250000.
+OPUS_BITRATE = 64_000
+_SFC_SET_COMPRESSION_LEVEL = 0x1301
 # A streamed WAV's RIFF and data sizes: unknown, so the largest value (the
 # convention of streaming WAV writers such as ffmpeg and sox; decoders read
 # to the end of the stream).
@@ -172,7 +183,8 @@ class _SoundFileEncoder:
         self._file = soundfile.SoundFile(self.sink, "w", samplerate=sample_rate, channels=1,
                                          format=fmt, subtype=subtype)
         if fmt == "OGG":
-            _set_ogg_page_latency(self._file, _OGG_PAGE_LATENCY_MS)
+            _command_double(self._file, _SFC_SET_OGG_PAGE_LATENCY_MS, _OGG_PAGE_LATENCY_MS)
+            _command_double(self._file, _SFC_SET_COMPRESSION_LEVEL, 1.0 - (OPUS_BITRATE - 6000) / 250_000)
 
     def encode(self, audio: np.ndarray) -> bytes:
         if audio.size:
@@ -184,10 +196,10 @@ class _SoundFileEncoder:
         return self.sink.take()
 
 
-def _set_ogg_page_latency(file: soundfile.SoundFile, milliseconds: float) -> None:
-    # soundfile has no wrapper for this command; its cffi handles reach sf_command.
-    value = soundfile._ffi.new("double*", milliseconds)
-    soundfile._snd.sf_command(file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, value, soundfile._ffi.sizeof("double"))
+def _command_double(file: soundfile.SoundFile, command: int, value: float) -> None:
+    """libsndfile's sf_command with a double argument (soundfile wraps neither of ours)."""
+    argument = soundfile._ffi.new("double*", value)
+    soundfile._snd.sf_command(file._file, command, argument, soundfile._ffi.sizeof("double"))
 
 
 def check_rate(encoding: Encoding, sample_rate: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -17,7 +18,7 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 from server import live, transport
 from server import options as opts
 from server.config import Settings
-from server.encoding import Encoding, encode_whole, stream_encoder
+from server.encoding import OFF_LOOP_ENCODINGS, Encoding, encode_whole, stream_encoder
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.metrics import CallRecord, Metrics
 from server.resample import StreamResampler, resample
@@ -61,9 +62,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 async for piece in self._synth.stream(options, _deadline(context), request_id):
                     call.audio(piece.audio.size, options.sample_rate)
                     pieces.append(piece)
-            audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate,
-                             options.client_rate)
-            encoded = encode_whole(audio, options.encoding, options.client_rate)
+            # Resampling and encoding the whole text is CPU work of up to ~1 s (Opus): off the loop.
+            audio, encoded = await asyncio.get_running_loop().run_in_executor(None, _encode_whole, pieces, options)
             limit = transport.max_response_bytes(self._settings)
             if len(encoded) > limit:
                 raise TooLarge("audio", f"{len(encoded)} bytes is more than one response may carry "
@@ -86,7 +86,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 stream = self._synth.stream(options, _deadline(context), request_id)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
-                        for chunk in chunker.chunks(piece):
+                        async for chunk in chunker.chunks(piece):
                             call.audio(chunk.num_samples, options.client_rate)
                             yield chunk
 
@@ -113,7 +113,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 try:
                     async with contextlib.aclosing(stream):
                         async for piece in stream:
-                            for chunk in chunker.chunks(piece):
+                            async for chunk in chunker.chunks(piece):
                                 call.audio(chunk.num_samples, options.client_rate)
                                 yield chunk
                 finally:
@@ -168,23 +168,20 @@ class _ChunkWriter:
         self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
         self._resampler = StreamResampler(options.sample_rate, rate)
         self._encoder = stream_encoder(options.encoding, rate)
+        self._off_loop = options.encoding in OFF_LOOP_ENCODINGS
 
-    def chunks(self, piece: AudioPiece):
+    async def chunks(self, piece: AudioPiece):
         """One or more AudioChunk messages for `piece` (split by chunk_ms)."""
-        samples = self._resampler.process(piece.audio, last=piece.final)
-        step = self._max_samples or max(samples.size, 1)
-        starts = range(0, max(samples.size, 1), step)
-        for i, start in enumerate(starts):
-            audio = samples[start:start + step]
-            final = piece.final and i == len(starts) - 1
-            data = self._encoder.encode(audio)
-            if final:
-                data += self._encoder.finish()
+        if self._off_loop:  # the pieces of one call still encode one after the other, in order
+            encoded = await asyncio.get_running_loop().run_in_executor(None, self._encode, piece)
+        else:
+            encoded = self._encode(piece)
+        for num_samples, data, final in encoded:
             yield pb.AudioChunk(
                 audio=data,
                 sequence=self._sequence,
                 sample_offset=self._offset,
-                num_samples=audio.size,
+                num_samples=num_samples,
                 sample_rate_hz=self._options.client_rate,
                 encoding=_PROTO_ENCODINGS[self._options.encoding],
                 text_span=pb.TextSpan(start=piece.span[0], end=piece.span[1]),
@@ -192,7 +189,22 @@ class _ChunkWriter:
                 final=final,
             )
             self._sequence += 1
-            self._offset += audio.size
+            self._offset += num_samples
+
+    def _encode(self, piece: AudioPiece) -> list[tuple[int, bytes, bool]]:
+        """(samples, bytes, final) of each chunk of `piece`: resampled, split by chunk_ms, encoded."""
+        samples = self._resampler.process(piece.audio, last=piece.final)
+        step = self._max_samples or max(samples.size, 1)
+        starts = range(0, max(samples.size, 1), step)
+        out = []
+        for i, start in enumerate(starts):
+            audio = samples[start:start + step]
+            final = piece.final and i == len(starts) - 1
+            data = self._encoder.encode(audio)
+            if final:
+                data += self._encoder.finish()
+            out.append((audio.size, data, final))
+        return out
 
 
 @contextlib.asynccontextmanager
@@ -235,6 +247,12 @@ def _encoding(value: int) -> Encoding:
     if encoding is None:
         raise InvalidArgument("encoding", f"unsupported encoding {value}")
     return encoding
+
+
+def _encode_whole(pieces: list[AudioPiece], options: opts.SynthesisOptions) -> tuple[np.ndarray, bytes]:
+    """The whole audio at the client's rate, and its encoding (runs in a worker thread)."""
+    audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate, options.client_rate)
+    return audio, encode_whole(audio, options.encoding, options.client_rate)
 
 
 def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:
