@@ -127,6 +127,7 @@ class SessionSlot:
     busy_s: float = 0.0
     in_flight: int = 0
     retired: bool = False
+    fail_next: bool = False  # test hook, see VoiceSessions.inject_failure
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,9 @@ class VoiceSessions:
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         start = time.monotonic()
         try:
+            if slot.fail_next:  # one attribute test when no fault is injected
+                slot.fail_next = False
+                raise RuntimeError(f"injected failure of session {slot.index} (test hook)")
             audio = slot.session.run(None, feeds, run_options)[0]
         except Exception as exc:
             self._after_run(slot, time.monotonic() - start, failed=not _terminated(run_options))
@@ -215,6 +219,15 @@ class VoiceSessions:
             options = ort.RunOptions()
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
             slot.session.run(None, self._feeds(ids, _NEUTRAL, 0), options)
+
+    def inject_failure(self, index: int) -> None:
+        """Test hook: the next run of session `index` raises, as a failing ONNX Runtime run would.
+
+        Only tests call this (tests/test_faults.py): the call of that run gets
+        INTERNAL and the session is replaced, through the real failure path.
+        """
+        with self._lock:
+            next(s for s in self.slots if s.index == index).fail_next = True
 
     def _feeds(self, ids, scales: Scales, speaker_id: int) -> dict:
         feeds = {

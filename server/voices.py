@@ -111,6 +111,8 @@ class VoiceRegistry:
         if voice_dir is not None:
             found, skipped = _scan_dir(voice_dir)
             voices.extend(found)
+            if default and default not in skipped and default not in {v.name for v in voices}:
+                raise VoiceLoadError(f"default voice {default!r} not found: no {voice_dir / (default + '.onnx')}")
         return cls(voices, default or BUNDLED_VOICE, skipped)
 
     def skip(self, name: str, problem: str) -> None:
