@@ -38,6 +38,7 @@ from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.bench_server import PeakSampler, ServerProcess
+from clients.channel import Connection, add_connection_flags, connection_from_args, open_aio_channel
 
 TEXTS = {
     "short": "Hello there, how can I help you today?",
@@ -321,9 +322,11 @@ def _free_port() -> int:
 # ---------------------------------------------------------------- driver
 
 
-async def run_server_sections(args, floor_results: dict, server: Optional[ServerProcess]) -> dict:
+async def run_server_sections(args, floor_results: dict, server: Optional[ServerProcess],
+                              connection: Optional[Connection] = None) -> dict:
+    """:param connection: how to reach --target (None: the started server, plaintext)."""
     out = {}
-    async with grpc.aio.insecure_channel(args.target or server.address) as channel:
+    async with open_aio_channel(connection or Connection(server.address)) as channel:
         stub = pb_grpc.SynthesizerStub(channel)
         if server:
             out["rss_start_mb"] = server.rss_mb()  # ready, warmed up, no call yet
@@ -398,6 +401,7 @@ def print_table(r: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speakstream-bench", description=__doc__.splitlines()[0])
     p.add_argument("--target", help="benchmark a running server at host:port instead of starting one")
+    add_connection_flags(p, server_flag=False)  # how to reach --target
     p.add_argument("--server-args", default="", help="extra flags for the started server")
     p.add_argument("--repeats", type=int, default=15, help="calls per idle measurement (default %(default)s)")
     p.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (default %(default)s)")
@@ -415,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    connection = connection_from_args(args, parser, server=args.target) if args.target else None
     results: dict = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {"out": str(args.out)}}
     if "server" in args.sections:
         print("measuring the floor ...", file=sys.stderr)
@@ -424,7 +430,7 @@ def main(argv=None) -> int:
         del floor
         print("measuring the server ...", file=sys.stderr)
         if args.target:
-            results["server"] = asyncio.run(run_server_sections(args, results["floor"], None))
+            results["server"] = asyncio.run(run_server_sections(args, results["floor"], None, connection))
         else:
             with ServerProcess(args.server_args.split()) as server:
                 results["server"] = asyncio.run(run_server_sections(args, results["floor"], server))

@@ -17,6 +17,7 @@ import grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from clients.channel import Connection, add_connection_flags, connection_from_args, open_channel
 from clients.outputs import RawOutput, WavOutput
 from clients.player import (
     DEFAULT_MAX_PREBUFFER_MS,
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="text to speak (default: --file, else standard input)")
     p.add_argument("-f", "--file", help="read the text from this file")
-    p.add_argument("--server", default="127.0.0.1:50051", help="server address host:port (default %(default)s)")
+    add_connection_flags(p)
     p.add_argument("--timeout", type=float, default=300.0,
                    help="deadline of the synthesis call in seconds (default %(default)s)")
     p.add_argument("--live", action="store_true",
@@ -122,6 +123,7 @@ class SayOptions:
     verbose: bool
     server: str
     timeout: float
+    connection: Connection
 
 
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SayOptions:
@@ -141,7 +143,8 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error("--progress needs the text's length, unknown with --live")
     return SayOptions(play=play, wav_path=args.output, raw=args.raw, player=player,
                       progress=args.progress, stats=args.stats, stats_json=args.stats_json,
-                      verbose=args.verbose, server=args.server, timeout=args.timeout)
+                      verbose=args.verbose, server=args.server, timeout=args.timeout,
+                      connection=connection_from_args(args, parser))
 
 
 def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -378,7 +381,7 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
                 stack.enter_context(player)
                 if options.verbose:
                     stack.callback(lambda: sys.stderr.write(player.device_log))
-            channel = stack.enter_context(grpc.insecure_channel(options.server))
+            channel = stack.enter_context(open_channel(options.connection))
             stub = pb_grpc.SynthesizerStub(channel)
             if live_input is not None:
                 result = speak_live(stub, request, live_input, outputs, timeout=options.timeout,

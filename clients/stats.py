@@ -12,6 +12,8 @@ from google.protobuf import json_format
 from speakstream.v1 import stats_pb2 as pb
 from speakstream.v1 import stats_pb2_grpc as pb_grpc
 
+from clients.channel import add_connection_flags, connection_from_args, open_channel
+
 _EXIT_USAGE = 2
 _EXIT_SERVER = 3
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of speakstream-stats."""
     p = argparse.ArgumentParser(prog="speakstream-stats",
                                 description="Show a speakstream server's statistics (Stats service).")
-    p.add_argument("--server", default="127.0.0.1:50051", help="server address host:port (default %(default)s)")
+    add_connection_flags(p)
     p.add_argument("--watch", action="store_true", help="refresh until interrupted (Ctrl-C)")
     p.add_argument("--interval-ms", type=int, default=1000,
                    help="time between refreshes with --watch, 100 to 60000 (default %(default)s)")
@@ -41,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of speakstream-stats."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    connection = connection_from_args(args, parser)
     try:
-        with grpc.insecure_channel(args.server) as channel:
+        with open_channel(connection) as channel:
             stub = pb_grpc.StatsStub(channel)
             if args.watch:
                 _watch(stub, args)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import re
+import sys
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from clients.channel import TOKEN_ENV, Connection, open_aio_channel
 from external_tools import grpcurl_examples, grpcurl_path, run
 from server import app as app_module
 from server.__main__ import build_parser, settings_from_args
@@ -493,6 +496,81 @@ async def test_start_fails_on_a_bad_certificate_before_loading_any_model(pki, tm
     garbage.write_text("not a certificate")
     with pytest.raises(SecurityConfigError, match="tls_cert"):
         await asyncio.wait_for(start(Settings(port=0, tls_cert=garbage, tls_key=pki.server.key_path)), _TIMEOUT)
+
+
+# --- the clients: speakstream-say, speakstream-stats, speakstream-bench ---------------------------
+
+async def _client(module: str, *args, env_token: str | None = None):
+    """Run a client as a user does; its exit code, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    if env_token is not None:
+        env[TOKEN_ENV] = env_token
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env)
+    out, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    return process.returncode, out, err.decode()
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("client") / "token"
+    path.write_text(_USER_TOKEN + "\n")
+    return path
+
+
+async def test_say_speaks_through_tls_with_a_token_file(token_app, pki, token_file, tmp_path):
+    out = tmp_path / "hi.wav"
+    code, _, err = await _client("clients.say", "--server", token_app.address, "--tls-ca",
+                                 str(pki.server_ca.cert_path), "--token-file", str(token_file), "Hi.", "-o", str(out))
+    assert code == 0, err
+    assert out.stat().st_size > 1000
+
+
+async def test_say_takes_the_token_from_the_environment(token_app, pki, tmp_path):
+    out = tmp_path / "hi.wav"
+    code, _, err = await _client("clients.say", "--server", token_app.address, "--tls-ca",
+                                 str(pki.server_ca.cert_path), "Hi.", "-o", str(out), env_token=_USER_TOKEN)
+    assert code == 0, err
+    assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+async def test_say_without_a_valid_token_reports_unauthenticated(token_app, pki, tmp_path, token):
+    code, _, err = await _client("clients.say", "--server", token_app.address, "--tls-ca",
+                                 str(pki.server_ca.cert_path), "Hi.", "-o", str(tmp_path / "x.wav"), env_token=token)
+    assert code == 3 and "UNAUTHENTICATED" in err, err
+
+
+async def test_say_with_a_client_certificate_passes_mutual_tls(mtls_app, pki, tmp_path):
+    out = tmp_path / "hi.wav"
+    base = ("--server", mtls_app.address, "--tls-ca", str(pki.server_ca.cert_path))
+    code, _, err = await _client("clients.say", *base, "--tls-cert", str(pki.client.cert_path),
+                                 "--tls-key", str(pki.client.key_path), "Hi.", "-o", str(out))
+    assert code == 0, err
+    code, _, err = await _client("clients.say", *base, "Hi.", "-o", str(out))  # no certificate: refused
+    assert code == 3 and "cannot reach the server" in err, err
+
+
+async def test_say_names_a_half_certificate_pair_as_a_usage_error(pki):
+    code, _, err = await _client("clients.say", "--tls-cert", str(pki.client.cert_path), "Hi.", "-o", "x.wav")
+    assert code == 2 and "tls-cert: mutual TLS needs both --tls-cert and --tls-key" in err
+
+
+async def test_stats_reads_through_tls_with_a_token(token_app, pki, token_file):
+    code, out, err = await _client("clients.stats", "--server", token_app.address, "--tls-ca",
+                                   str(pki.server_ca.cert_path), "--token-file", str(token_file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["uptimeS"] > 0  # proto3 JSON names
+
+
+async def test_the_asyncio_channel_of_bench_carries_tls_and_the_token(token_app, pki):
+    connection = Connection(token_app.address, tls=True, ca=pki.server_ca.cert, token=_USER_TOKEN)
+    async with open_aio_channel(connection) as channel:
+        await _get_stats(channel, ())  # no metadata of its own: the channel adds the token
+        await _synthesize_stream(channel, ())
+        await _synthesize(channel, ())
+        await _list_voices(channel, ())
 
 
 # --- docs/OPERATIONS.md -----------------------------------------------------------------------
