@@ -68,6 +68,17 @@ clean:
 	rm -rf build dist *.egg-info $(VENV) fastaudio/*.so fastaudio/_fastaudio.c $(NODE_DIR)/node_modules
 	find protos -name '*_pb2*.py*' -delete
 
+.PHONY: soak fuzz
+# Full-size reliability runs (CI runs both at a reduced size as part of make test).
+SOAK_N ?= 10000
+FUZZ_EXAMPLES ?= 2000
+soak: $(STAMP)
+	SOAK_N=$(SOAK_N) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py $(PYTEST_ARGS)
+
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics \
+		tests/test_fuzz.py $(PYTEST_ARGS)
+
 .PHONY: bench
 # Starts its own server; BENCH_ARGS="--target host:port" measures a running one.
 bench: $(STAMP)

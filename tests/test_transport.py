@@ -104,3 +104,12 @@ def test_the_largest_unary_response_fits_max_chars_of_normal_speech():
     """10,000 characters (~11 min at ~15 characters/s) as 16-bit 22.05 kHz PCM fit the default."""
     seconds = Settings().max_chars / 15
     assert seconds * 22_050 * 2 < transport.max_response_bytes(Settings())
+
+
+def test_operations_doc_names_every_server_flag(repo_root):
+    from server.__main__ import build_parser
+
+    doc = (repo_root / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    flags = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help" and not o.startswith("--no-")]
+    missing = [f for f in flags if f"`{f}`" not in doc and f"`{f} " not in doc]
+    assert missing == []
