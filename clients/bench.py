@@ -446,7 +446,8 @@ def main(argv=None) -> int:
         from clients import bench_live
 
         print("measuring SynthesizeLive ...", file=sys.stderr)
-        results["live"] = bench_live.run(args.target, args.server_args.split(), rounds=args.live_rounds)
+        results["live"] = bench_live.run(args.target, args.server_args.split(), rounds=args.live_rounds,
+                                         connection=connection)
         bench_live.print_table(results["live"])
     if "fastaudio" in args.sections:
         from clients import bench_fastaudio

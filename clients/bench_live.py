@@ -37,13 +37,13 @@ import sys
 import time
 from typing import Optional
 
-import grpc
 import numpy as np
 
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.bench_server import ServerProcess
+from clients.channel import Connection, open_aio_channel
 
 REPLY = (
     "Sure, I can help with that. Your appointment with Dr. Patel is on Thursday at half past three. "
@@ -159,10 +159,11 @@ def _round_figures(calls: list[dict], floors: list[float]) -> dict:
             "missing": sum(1 for call in calls for lat in call["latency"] if lat is None)}
 
 
-async def _measure(address: str, floor, plan, pieces, rounds: int, idle_calls: int, concurrency: int) -> dict:
+async def _measure(connection: Connection, floor, plan, pieces, rounds: int, idle_calls: int,
+                   concurrency: int) -> dict:
     out = {"rounds": []}
     rng = random.Random(9)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_aio_channel(connection) as channel:
         stub = pb_grpc.SynthesizerStub(channel)
         await live_call(stub, pieces, plan)  # warm up
         for n in range(rounds):
@@ -194,19 +195,21 @@ def summarize(measured: dict, concurrency: int) -> dict:
 
 
 def run(target: Optional[str] = None, server_args: tuple = (), rounds: int = 3, idle_calls: int = 3,
-        concurrency: int = 8) -> dict:
-    """The live section against `target` or a server started here; a dict of figures."""
+        concurrency: int = 8, connection: Optional[Connection] = None) -> dict:
+    """The live section against `target` (reached through `connection`, default plaintext)
+    or a server started here; a dict of figures."""
     from clients.bench import Floor
 
     floor = Floor()
     pieces = tokens(REPLY)
     plan = clause_plan(pieces, floor.frontend, floor.voice.config)
     if target:
-        measured = asyncio.run(_measure(target, floor, plan, pieces, rounds, idle_calls, concurrency))
+        measured = asyncio.run(_measure(connection or Connection(target), floor, plan, pieces, rounds,
+                                        idle_calls, concurrency))
     else:
         with ServerProcess(list(server_args)) as server:
-            measured = asyncio.run(_measure(server.address, floor, plan, pieces, rounds, idle_calls,
-                                            concurrency))
+            measured = asyncio.run(_measure(Connection(server.address), floor, plan, pieces, rounds,
+                                            idle_calls, concurrency))
     return {
         "reply_chars": len(REPLY), "tokens": len(pieces), "tokens_per_s": TOKENS_PER_S,
         "clauses": [{k: c[k] for k in ("start", "end", "phonemes")} for c in plan],
