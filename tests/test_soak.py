@@ -116,7 +116,8 @@ class _Soak:
 
     async def warm_up(self) -> None:
         """Every text at every speed, both ways: the audio cache fills with every deterministic
-        segment, ONNX Runtime's arena and the allocator reach their working size."""
+        segment. Twice the soak's concurrency: ONNX Runtime's arena and the allocator reach at
+        least the working size the soak itself needs (more calls in flight, more buffers)."""
         combos = [(text, speed, det) for text in _SHORT + _LONG for speed in _SPEEDS for det in (True, False)]
         cases = [(_KINDS[i % len(_KINDS)], _request(*combo)) for i, combo in enumerate(combos)]
         # The long texts (the largest runs and responses) by every kind of call, all clients at once.
@@ -128,7 +129,7 @@ class _Soak:
             while cases:
                 await self.one(*cases.pop())
 
-        await asyncio.gather(*(worker() for _ in range(_CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(2 * _CONCURRENCY)))
 
     async def run(self, n: int, pid: int, samples: list) -> None:
         queue = iter(range(n))
