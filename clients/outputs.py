@@ -1,4 +1,4 @@
-"""Where speakstream-say puts audio besides the sound card: a WAV file, raw PCM on stdout.
+"""Where speakstream-say puts audio besides the sound card: a WAV file, an encoded file, raw PCM on stdout.
 
 Each output has the Player's shape: open(sample_rate) at the first chunk,
 write(pcm) per chunk, finish() at the end, abort() on failure.
@@ -40,6 +40,35 @@ class WavOutput:
         if self._wav is not None:
             self._wav.close()
             self._wav = None
+
+    abort = finish
+
+
+class EncodedOutput:
+    """Writes the server's encoded bytes (FLAC, Ogg/Opus, G.711) to a file as they come.
+
+    A stream's chunks concatenate to one valid file, so nothing is rewritten
+    at the end. Like WavOutput, the file is created at the first chunk.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file: Optional[BinaryIO] = None
+
+    def open(self, sample_rate: int) -> None:
+        """Create the file (the rate is in the encoded stream itself, or implied for G.711)."""
+        self._file = open(self.path, "wb")
+
+    def write(self, data: bytes) -> None:
+        """Append the chunk's bytes."""
+        assert self._file is not None, "open() first"
+        self._file.write(data)
+
+    def finish(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     abort = finish
 

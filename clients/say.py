@@ -1,4 +1,4 @@
-"""speakstream-say: speak text through a speakstream server, aloud, into a WAV, or as raw PCM."""
+"""speakstream-say: speak text with a speakstream server: aloud, into a file (WAV, FLAC, Ogg/Opus, G.711) or as raw PCM."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.channel import Connection, add_connection_flags, connection_from_args, open_channel
-from clients.outputs import RawOutput, WavOutput
+from clients.outputs import EncodedOutput, RawOutput, WavOutput
 from clients.player import (
     DEFAULT_MAX_PREBUFFER_MS,
     DEFAULT_PREBUFFER_MS,
@@ -44,7 +44,9 @@ _LIVE_READ_BYTES = 4096
 _EPILOG = f"""\
 outputs:
   with neither -o nor --raw the audio is played; -o alone writes only the WAV
-  (no sound card needed); --play with -o or --raw also plays it.
+  (no sound card needed); --play with -o or --raw also plays it. With
+  --encoding flac, ogg_opus, mulaw or alaw, -o gets the server's encoded
+  stream as it is.
 
 live:
   --live speaks standard input as it arrives (SynthesizeLive), each sentence
@@ -64,6 +66,16 @@ exit codes:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call was cancelled, playback stopped
   {EXIT_BROKEN_PIPE}  --raw: the reading end of the pipe closed early
 """
+
+
+# --encoding: the AudioEncoding the server is asked for when writing -o (wav: LINEAR16, written by WavOutput).
+_FILE_ENCODINGS = {
+    "wav": pb.AUDIO_ENCODING_LINEAR16,
+    "flac": pb.AUDIO_ENCODING_FLAC,
+    "ogg_opus": pb.AUDIO_ENCODING_OGG_OPUS,
+    "mulaw": pb.AUDIO_ENCODING_MULAW,
+    "alaw": pb.AUDIO_ENCODING_ALAW,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--rate", type=int, default=0, help="sample rate in Hz (default: the voice's own)")
     req.add_argument("--chunk-ms", type=int, default=0, help="largest chunk the server sends, in ms")
     out = p.add_argument_group("output")
-    out.add_argument("-o", "--output", help="write the audio to this WAV file")
+    out.add_argument("-o", "--output", help="write the audio to this file (a WAV unless --encoding says otherwise)")
+    out.add_argument("--encoding", choices=sorted(_FILE_ENCODINGS), default="wav",
+                     help="format of the -o file: the server encodes, the file is the stream's bytes "
+                          "(mulaw/alaw: raw G.711, no header); other than wav needs -o and neither "
+                          "--play nor --raw (default %(default)s)")
     out.add_argument("--raw", action="store_true", help="write raw 16-bit mono PCM to standard output")
     out.add_argument("--play", action="store_true", help="play as well as writing -o / --raw")
     out.add_argument("--device", help="output device: index or part of its name (see --list-devices)")
@@ -115,6 +131,8 @@ class SayOptions:
     play: bool
     wav_path: Optional[str]
     raw: bool
+    encoded: bool
+    """-o gets the server's bytes as they are (--encoding other than wav)."""
     player: PlayerConfig
     progress: Optional[bool]
     """None: a bar when stderr is a terminal and the text is long."""
@@ -137,11 +155,14 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(exc))
     if args.timeout <= 0:
         parser.error("--timeout: must be > 0")
+    encoded = args.encoding != "wav"
+    if encoded and (args.output is None or args.play or args.raw):
+        parser.error(f"--encoding {args.encoding}: writes -o only (playing and --raw need PCM)")
     if args.live and (args.text is not None or args.file not in (None, "-")):
         parser.error("--live reads standard input: give no text argument and no --file")
     if args.live and args.progress:
         parser.error("--progress needs the text's length, unknown with --live")
-    return SayOptions(play=play, wav_path=args.output, raw=args.raw, player=player,
+    return SayOptions(play=play, wav_path=args.output, raw=args.raw, encoded=encoded, player=player,
                       progress=args.progress, stats=args.stats, stats_json=args.stats_json,
                       verbose=args.verbose, server=args.server, timeout=args.timeout,
                       connection=connection_from_args(args, parser))
@@ -190,7 +211,7 @@ def live_requests(config: pb.SynthesizeRequest, stream: BinaryIO,
 
 def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeRequest:
     """A SynthesizeRequest carrying the flags that were given."""
-    request = pb.SynthesizeRequest(text=text, voice=args.voice, encoding=pb.AUDIO_ENCODING_LINEAR16,
+    request = pb.SynthesizeRequest(text=text, voice=args.voice, encoding=_FILE_ENCODINGS[args.encoding],
                                    sample_rate_hz=args.rate, chunk_ms=args.chunk_ms)
     if args.speaker is not None:
         if args.speaker.isdigit():
@@ -361,7 +382,7 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
     """:param live_input: speak this stream as it arrives (--live); `request` is the config."""
     outputs: list = []
     if options.wav_path:
-        outputs.append(WavOutput(options.wav_path))
+        outputs.append(EncodedOutput(options.wav_path) if options.encoded else WavOutput(options.wav_path))
     if options.raw:
         outputs.append(RawOutput(sys.stdout.buffer))
     show_progress = options.progress

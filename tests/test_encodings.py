@@ -77,7 +77,8 @@ async def linear16(channel) -> np.ndarray:
 @pytest.fixture(scope="module")
 async def native_float(channel) -> np.ndarray:
     """The same at full float precision."""
-    response = await pb_grpc.SynthesizerStub(channel).Synthesize(_request(encoding=pb.AUDIO_ENCODING_FLOAT32), timeout=_TIMEOUT)
+    request = _request(encoding=pb.AUDIO_ENCODING_FLOAT32)
+    response = await pb_grpc.SynthesizerStub(channel).Synthesize(request, timeout=_TIMEOUT)
     return np.frombuffer(response.audio, "<f4")
 
 

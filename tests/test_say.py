@@ -211,3 +211,30 @@ async def test_speaker_by_name_reaches_the_server(app, tmp_path):
     code, _, err = await _say("--server", app.address, "--speaker", "alice", _TEXT, "-o", str(tmp_path / "a.wav"))
     assert code == 2
     assert "NOT_FOUND" in err and "speaker:" in err  # the bundled voice has no named speakers
+
+
+async def test_encoded_file_is_the_streams_bytes_and_decodes_to_the_pcm(app, stub, tmp_path):
+    import io
+
+    import numpy as np
+    import soundfile
+
+    out = tmp_path / "hi.ogg"
+    code, _, err = await _say("--server", app.address, *_DETERMINISTIC, "--encoding", "ogg_opus", _TEXT,
+                              "-o", str(out), python_args=_WITHOUT_PYAUDIO)
+    assert code == 0, err
+    decoded, rate = soundfile.read(io.BytesIO(out.read_bytes()), dtype="int16")
+    assert rate == 24000 and decoded.size > 0  # Opus rounds 22,050 Hz up
+    out = tmp_path / "hi.mulaw"
+    code, _, err = await _say("--server", app.address, *_DETERMINISTIC, "--encoding", "mulaw", "--rate", "8000",
+                              _TEXT, "-o", str(out), python_args=_WITHOUT_PYAUDIO)
+    assert code == 0, err
+    whole = await stub.Synthesize(pb.SynthesizeRequest(text=_TEXT, noise_scale=0, noise_w=0, sample_rate_hz=8000,
+                                                       encoding=pb.AUDIO_ENCODING_MULAW), timeout=_TIMEOUT)
+    assert out.read_bytes() == whole.audio
+    assert np.frombuffer(out.read_bytes(), np.uint8).size == whole.num_samples
+
+
+async def test_an_encoding_other_than_wav_needs_a_file_and_no_playback(app):
+    code, _, err = await _say("--server", app.address, "--encoding", "flac", "--raw", _TEXT)
+    assert code == 2 and "--encoding flac" in err
