@@ -23,8 +23,13 @@ due yet (audio before it still playing) waits behind due work of other calls
 by design (earliest due first), so under load its "last character to first
 audio" grows without any gap in playback.
 
-The machine is shared: rounds interleave floor, idle and concurrency 8, and
-the figures are medians over rounds.
+A run-on reply (no punctuation, default max_pending_ms) is timed too: from
+sending its first word to its first audio, which the server's timer forces
+max_pending_ms after the first word; the floor is the words of that first
+chunk, phonemized and cut as the server cuts a turn's first segment.
+
+The machine is shared: rounds interleave floor, idle, run-on and
+concurrency 8, and the figures are medians over rounds.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ REPLY = (
     "Is there anything else I can do for you today?"
 )
 TOKENS_PER_S = 40.0
+RUN_ON_WORDS = ("so the plan is to keep going with more words and then a few more after that "
+                "without ever stopping at a full stop").split()
 MAX_PENDING_MS = 10_000
 _TIMEOUT_S = 120
 
@@ -132,6 +139,33 @@ def playback_gaps(arrivals: list[tuple[float, float]]) -> float:
     return gaps
 
 
+async def run_on_call(stub, floor) -> dict:
+    """A reply without punctuation at TOKENS_PER_S with the default max_pending_ms:
+    seconds from the first word to the first audio, and the floor for the first chunk's words."""
+    from server.live import DEFAULT_MAX_PENDING_MS
+
+    call = stub.SynthesizeLive(timeout=_TIMEOUT_S)
+    await call.write(pb.LiveRequest(config=pb.LiveConfig(settings=pb.SynthesizeRequest())))
+    first_chunk = asyncio.ensure_future(call.read())
+    text, start = "", time.perf_counter()
+    for k in range(400):
+        if first_chunk.done():
+            break
+        await asyncio.sleep(max(0.0, start + k / TOKENS_PER_S - time.perf_counter()))
+        piece = (" " if k else "") + RUN_ON_WORDS[k % len(RUN_ON_WORDS)]
+        if k == 0:
+            start = time.perf_counter()
+        text += piece
+        await call.write(pb.LiveRequest(text=piece))
+    chunk = await first_chunk
+    waited = time.perf_counter() - start
+    call.cancel()
+    span = (chunk.text_span.start, chunk.text_span.end)
+    segment = floor.frontend.span_segments(text, span, 0, True, floor.voice.config)[0]
+    return {"first_audio_s": waited, "max_pending_s": DEFAULT_MAX_PENDING_MS / 1000,
+            "floor_s": floor.sequential(segment.ids, 5), "span_chars": span[1] - span[0]}
+
+
 def _floors(floor, plan: list[dict]) -> list[float]:
     return [floor.sequential(c["ids"], 5) for c in plan]
 
@@ -169,10 +203,11 @@ async def _measure(connection: Connection, floor, plan, pieces, rounds: int, idl
         for n in range(rounds):
             floors = _floors(floor, plan)
             idle = [await live_call(stub, pieces, plan) for _ in range(idle_calls)]
+            run_on = [await run_on_call(stub, floor) for _ in range(idle_calls)]
             # Calls start spread over one second, as users' turns do.
             loaded = await asyncio.gather(*(live_call(stub, pieces, plan, rng.random())
                                             for _ in range(concurrency)))
-            result = {"floor_s": floors, "idle": _round_figures(idle, floors),
+            result = {"floor_s": floors, "idle": _round_figures(idle, floors), "run_on": run_on,
                       f"concurrency_{concurrency}": _round_figures(loaded, floors)}
             out["rounds"].append(result)
             print(f"  live round {n + 1}: idle p50 {result['idle']['all']['p50_s'] * 1000:.0f} ms "
@@ -191,6 +226,15 @@ def summarize(measured: dict, concurrency: int) -> dict:
         for key in ("silence_p50_s", "silence_max_s"):
             out[arm][key] = statistics.median(r[arm][key] for r in rounds)
         out[arm]["missing"] = sum(r[arm]["missing"] for r in rounds)
+    run_ons = [x for r in rounds for x in r["run_on"]]
+    waits = [x["first_audio_s"] for x in run_ons]
+    over = [(x["first_audio_s"] - x["max_pending_s"]) / x["floor_s"] for x in run_ons]
+    out["run_on"] = {"first_audio_p50_s": float(np.percentile(waits, 50)),
+                     "first_audio_p95_s": float(np.percentile(waits, 95)),
+                     "floor_p50_s": float(np.median([x["floor_s"] for x in run_ons])),
+                     "beyond_timer_vs_floor_p50": float(np.percentile(over, 50)),
+                     "beyond_timer_vs_floor_p95": float(np.percentile(over, 95)),
+                     "max_pending_s": run_ons[0]["max_pending_s"], "n": len(run_ons)}
     return out
 
 
@@ -233,6 +277,11 @@ def print_table(result: dict, concurrency: int = 8) -> None:
             print(f"{arm if part == 'all' else '':14} {part:8} {f['p50_s'] * 1000:6.0f}ms {f['p95_s'] * 1000:6.0f}ms "
                   f"{f['ratio_p50']:12.2f} {f['ratio_p95']:12.2f} {gaps}")
     print(f"floor for the clauses' first segments, p50: {s['floor_p50_s'] * 1000:.0f} ms")
+    r = s["run_on"]
+    print(f"run-on, first word -> first audio: p50 {r['first_audio_p50_s'] * 1000:.0f} ms, "
+          f"p95 {r['first_audio_p95_s'] * 1000:.0f} ms (max_pending_ms {r['max_pending_s'] * 1000:.0f}, "
+          f"floor {r['floor_p50_s'] * 1000:.0f} ms; beyond the timer / floor: p50 "
+          f"{r['beyond_timer_vs_floor_p50']:.2f}, p95 {r['beyond_timer_vs_floor_p95']:.2f})")
 
 
 if __name__ == "__main__":
