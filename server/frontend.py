@@ -131,7 +131,7 @@ def _word_after(text: str, categories: list[str]) -> list[bool]:
 
 
 def speakable(text: str) -> bool:
-    """Whether normalized text has anything espeak-ng can speak: a letter, digit or symbol."""
+    """Whether text has anything espeak-ng can speak: a letter, digit or symbol (normalize keeps those)."""
     return any(unicodedata.category(c)[0] in _SPEAKABLE_CATEGORIES for c in text)
 
 
