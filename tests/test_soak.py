@@ -165,7 +165,7 @@ async def test_soak_mixed_requests_with_random_cancels():
             soak, samples = _Soak(channel, seed=11), []
             await soak.warm_up()
             await soak.run(_WARMUP, process.pid, samples)
-            await _wait_idle(channel)
+            cache_warm = (await _wait_idle(channel)).cache.bytes
             rss_warm = _rss(process.pid)
             await soak.run(_N - _WARMUP, process.pid, samples)
             snapshot = await _wait_idle(channel)
@@ -174,7 +174,8 @@ async def test_soak_mixed_requests_with_random_cancels():
                                                                      timeout=_TIMEOUT)
         growth = rss_end / rss_warm - 1
         print(f"\nsoak: {_N} requests {dict(soak.outcomes)}; server RSS {rss_warm / 2**20:.1f} MiB after "
-              f"warm-up, {rss_end / 2**20:.1f} MiB at the end ({growth:+.1%}); MiB every 100 requests: {samples}")
+              f"warm-up, {rss_end / 2**20:.1f} MiB at the end ({growth:+.1%}); audio cache (bounded by --cache-mb) "
+              f"{cache_warm / 2**20:.1f} -> {snapshot.cache.bytes / 2**20:.1f} MiB; MiB every 100 requests: {samples}")
         assert soak.unexpected == []
         assert sum(soak.outcomes.values()) == _N + _WARMUP_CASES
         assert growth <= 0.05
