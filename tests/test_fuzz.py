@@ -85,6 +85,7 @@ def before(app) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)  # the whole run, for make fuzz; each call has its own 30 s deadline
 @settings(max_examples=_EXAMPLES, deadline=None, database=None, derandomize=_DERANDOMIZE,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=_requests())
