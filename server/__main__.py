@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arena-extend", choices=ARENA_EXTEND, default=d.arena_extend,
                    help="how the CPU arena grows: by powers of two or by exactly what a run asks "
                         "(default %(default)s)")
+    p.add_argument("--arena-max-extend-mb", type=int, default=d.arena_max_extend_mb,
+                   help="largest single growth of the power-of-two CPU arena, MiB (default %(default)s)")
     p.add_argument("--arena-shrink-every", type=int, default=d.arena_shrink_every,
                    help="return the arena's free memory to the OS every N runs, 0 = never (default %(default)s)")
     p.add_argument("--idle-trim-s", type=float, default=d.idle_trim_s,
@@ -135,6 +137,7 @@ def settings_from_args(argv: Optional[Sequence[str]] = None) -> Settings:
             sessions=args.sessions, intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads, allow_spinning=args.allow_spinning,
             cpu_mem_arena=args.cpu_arena, arena_extend=args.arena_extend,
+            arena_max_extend_mb=args.arena_max_extend_mb,
             arena_shrink_every=args.arena_shrink_every, idle_trim_s=args.idle_trim_s, warm_up=args.warm_up,
             max_phonemes_per_chunk=args.max_phonemes_per_chunk,
             first_chunk_phonemes=args.first_chunk_phonemes, lookahead_chunks=args.lookahead_chunks,

@@ -84,15 +84,26 @@ class Settings:
     """Use ONNX Runtime's CPU memory arena (faster; holds peak activation memory)."""
 
     arena_extend: str = "power-of-two"
-    """How the CPU arena grows: "power-of-two" (ORT's default) or "requested" (by exactly what a run asks).
+    """How the shared CPU arena grows: "power-of-two" (ORT's way) or "requested" (by exactly what a run asks).
 
-    Measured with one run in flight and segments of 10-100 phonemes:
-    power-of-two settles at ~305 MB RSS, "requested" keeps growing (~500 MB
-    after 120 runs) because its exact-size regions fragment; see docs/BENCHMARKS.md.
+    At concurrency 8 power-of-two peaked at ~370 MB RSS, "requested" at
+    ~550-630 MB (its exact-size regions fragment); see docs/BENCHMARKS.md.
+    """
+
+    arena_max_extend_mb: int = 1024
+    """Largest single growth of the power-of-two arena, in MiB (ORT's default, 1 GiB).
+
+    Smaller steps grow RSS more smoothly over thousands of runs (in one
+    process, 400 runs: 16 MiB steps 268 -> 328 MB, 1 GiB 265 -> 366 MB) but
+    did not lower the peak at concurrency 8, so the default stays ORT's.
     """
 
     arena_shrink_every: int = 0
-    """Return the arena's free chunks to the OS after every Nth run of a session; 0 = never."""
+    """Return the arena's free chunks to the OS after every Nth run of a session; 0 = never.
+
+    Every run (1) meets tight memory budgets at ~13% less throughput; every
+    100 runs raised the peak at concurrency 8 (the arena regrows in steps).
+    """
 
     idle_trim_s: float = 10.0
     """After this many seconds with no call, give the arenas' free memory back to the OS; 0 = never."""
@@ -185,6 +196,7 @@ class Settings:
         _check_range("first_chunk_phonemes", self.first_chunk_phonemes, 8, 100_000)
         _check_range("lookahead_chunks", self.lookahead_chunks, 1, 64)
         _check_range("cache_mb", self.cache_mb, 0, 1_000_000)
+        _check_range("arena_max_extend_mb", self.arena_max_extend_mb, 1, 1 << 20)
         _check_range("arena_shrink_every", self.arena_shrink_every, 0, 1_000_000)
         _check_range("max_response_mb", self.max_response_mb, 1, 2047)  # gRPC messages stop at 2 GiB
         _check_range("max_concurrent_rpcs", self.max_concurrent_rpcs, 0, 1_000_000)
