@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from server.app import start
 from server.config import Settings
+
 from server.pool import cuda_options, providers_for
+
+from servers import serving
 
 _TIMEOUT = 60
 _LONG_TEXT = " ".join(
@@ -23,10 +24,8 @@ _LONG_TEXT = " ".join(
 @pytest.fixture
 async def small_server():
     """A server with one inference slot and no queue: the second call is one too many."""
-    app = await start(Settings(port=0, pool_size=1, max_queue=0, grace_s=0))
-    async with grpc.aio.insecure_channel(app.address) as channel:
-        yield app, pb_grpc.SynthesizerStub(channel)
-    await app.stop(grace=0)
+    async with serving(Settings(port=0, pool_size=1, max_queue=0, grace_s=0)) as served:
+        yield served
 
 
 async def test_queue_full_gets_resource_exhausted_before_any_work(small_server):

@@ -120,4 +120,4 @@ async def test_a_bad_default_voice_is_named_and_the_process_exits_before_ready(t
     assert "speakstream listening" not in out and "ready on" not in err
     expected = {"missing config": f"{name}.onnx.json", "invalid config": f"{name}.onnx.json"}.get(
         case, f"{name}.onnx")
-    assert f"cannot start: " in err and str(directory / expected) in err, err
+    assert "cannot start: " in err and str(directory / expected) in err, err

@@ -2,18 +2,17 @@
 
 import asyncio
 
-import grpc
 import pytest
 
 from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from server.app import start
 from server.config import Settings
 from server.frontend import Frontend
 from server.memory import rss_bytes
 from server.pool import _filler_ids
 from server.voices import bundled_voice
+
+from servers import serving
 
 _TIMEOUT = 60
 _MB = 2**20
@@ -25,10 +24,8 @@ _TEXT = ("The arena keeps the memory of the largest inference it has run, which 
 @pytest.fixture
 async def quiet_server():
     """A server that gives memory back after 0.2 s without calls."""
-    app = await start(Settings(port=0, pool_size=1, idle_trim_s=0.2, grace_s=0))
-    async with grpc.aio.insecure_channel(app.address) as channel:
-        yield app, pb_grpc.SynthesizerStub(channel)
-    await app.stop(grace=0)
+    async with serving(Settings(port=0, pool_size=1, idle_trim_s=0.2, grace_s=0)) as served:
+        yield served
 
 
 async def test_a_quiet_server_gives_arena_memory_back(quiet_server):

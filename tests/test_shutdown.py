@@ -2,7 +2,6 @@
 
 import asyncio
 import signal
-import sys
 
 import grpc
 import pytest
@@ -11,20 +10,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from servers import start_server
+
 _TIMEOUT = 60
 _TEXT = ("The first sentence is spoken while the server is asked to stop. "
          "The second one must still arrive in full. And so must the third, every sample of it.")
-
-
-async def _start_server(*flags):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--port", "0", *flags,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), _TIMEOUT)).decode()
-        assert line, "server exited before it was ready"
-        if line.startswith("speakstream listening on "):
-            return process, line.split()[-1]
 
 
 async def _sigterm_and_wait_for_drain(process, channel) -> None:
@@ -50,7 +40,7 @@ async def _finish(call) -> list:
 
 @pytest.mark.slow
 async def test_sigterm_lets_active_streams_finish_refuses_new_calls_and_exits_0():
-    process, address = await _start_server("--grace-s", "30", "--max-queue", "8")
+    process, address = await start_server("--grace-s", "30", "--max-queue", "8")
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.SynthesizerStub(channel)
@@ -74,7 +64,7 @@ async def test_sigterm_lets_active_streams_finish_refuses_new_calls_and_exits_0(
 
 @pytest.mark.slow
 async def test_a_second_signal_exits_at_once_without_waiting_for_streams():
-    process, address = await _start_server("--grace-s", "300")
+    process, address = await start_server("--grace-s", "300")
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.SynthesizerStub(channel)

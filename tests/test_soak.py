@@ -14,7 +14,6 @@ import asyncio
 import collections
 import os
 import random
-import sys
 from typing import Optional
 
 import grpc
@@ -25,6 +24,8 @@ from speakstream.v1 import stats_pb2, stats_pb2_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
+from servers import start_server
+
 _N = int(os.environ.get("SOAK_N", "120"))
 _WARMUP = max(50, _N // 10)  # random requests after the systematic warm-up
 _CONCURRENCY = 6
@@ -34,17 +35,6 @@ _LONG = ["The quick brown fox jumps over the lazy dog, again and again, until it
          "Then it rests for a while. After that, it runs home through the quiet wood.",
          "Please hold while I transfer your call to the next available agent. "
          "Your call is important to us, and we will be with you shortly."]
-
-
-async def _start_server(*flags):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--port", "0", *flags,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), _TIMEOUT)).decode()
-        assert line, "server exited before it was ready"
-        if line.startswith("speakstream listening on "):
-            return process, line.split()[-1]
 
 
 def _rss(pid: int) -> int:
@@ -159,7 +149,7 @@ async def _wait_idle(channel) -> stats_pb2.StatsSnapshot:
 @pytest.mark.timeout(3600)
 async def test_soak_mixed_requests_with_random_cancels():
     # Default settings (one inference at a time), as deployed; the queue holds every client.
-    process, address = await _start_server("--max-queue", "16", "--log-level", "WARNING")
+    process, address = await start_server("--max-queue", "16", "--log-level", "WARNING")
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             soak, samples = _Soak(channel, seed=11), []

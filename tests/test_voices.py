@@ -6,7 +6,6 @@ The extra voices are tiny Piper-shaped ONNX models generated here
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
