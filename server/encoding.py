@@ -3,18 +3,21 @@
 Every encoding has a per-stream encoder (`stream_encoder`) that carries its
 state across the chunks of one call, and a one-shot form (`encode_whole`)
 for the unary Synthesize. PCM (LINEAR16, FLOAT32, WAV's payload) is exact;
-G.711 (MULAW, ALAW), FLAC and Ogg/Opus are libsndfile's (the `soundfile`
-package), written incrementally into an in-memory sink: each call to
-`encode` returns the bytes the codec has produced so far, so the
-concatenation of a stream's chunks is one valid file or byte stream.
+G.711 (MULAW, ALAW) and FLAC are libsndfile's (the `soundfile` package),
+Ogg/Opus is FFmpeg's libopus (the `av` package, whose wheels bundle it),
+each written incrementally into an in-memory sink: each call to `encode`
+returns the bytes the codec has produced so far, so the concatenation of a
+stream's chunks is one valid file or byte stream.
 """
 
 from __future__ import annotations
 
 import enum
+import io
 import struct
 from typing import Protocol
 
+import av
 import numpy as np
 import soundfile
 
@@ -42,24 +45,22 @@ _SOUNDFILE = {
     Encoding.MULAW: ("RAW", "ULAW", "int16"),
     Encoding.ALAW: ("RAW", "ALAW", "int16"),
     Encoding.FLAC: ("FLAC", "PCM_16", "int16"),
-    Encoding.OGG_OPUS: ("OGG", "OPUS", "float32"),
 }
 # Encodings whose streamed encoding runs in a worker thread, not on the event
-# loop: Opus costs ~12 ms of CPU per audio second (libsndfile's cffi calls
-# release the GIL); the others cost well under 1 ms (docs/BENCHMARKS.md).
+# loop: Opus costs a few ms of CPU per audio second; the others well under 1 ms
+# (docs/BENCHMARKS.md).
 OFF_LOOP_ENCODINGS = frozenset({Encoding.OGG_OPUS})
-# libsndfile's SFC_SET_OGG_PAGE_LATENCY_MS: an Ogg page is cut every this many
-# ms of audio (libsndfile's minimum; its default, 1000 ms, would hold a
-# stream's first bytes back for a second).
-_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302
-_OGG_PAGE_LATENCY_MS = 50.0
-# Opus bit rate. At 64 kbit/s libopus codes speech in its MDCT (CELT) mode,
-# which costs ~2.5x less CPU than the SILK/hybrid modes it picks at its
-# default (~40 kbit/s for mono), at a fifth of LINEAR16's size at 22 kHz
-# (docs/BENCHMARKS.md, Encodings and resampling). libsndfile sets the bit rate
-# through SFC_SET_COMPRESSION_LEVEL: level = 1 - (bit rate - 6000) / 250000.
+
+# Opus: 64 kbit/s mono (a fifth of LINEAR16 at 22 kHz), libopus's "audio"
+# application, complexity 5 of 10: at this bit rate the upper half buys
+# little and costs ~25% more CPU (complexity 10: 5.6 ms CPU per audio second,
+# 5.7% of inference; docs/BENCHMARKS.md). An Ogg page is cut every 20 ms of
+# audio and flushed at once, so a stream's bytes leave with the chunk that
+# made them.
 OPUS_BITRATE = 64_000
-_SFC_SET_COMPRESSION_LEVEL = 0x1301
+OPUS_COMPLEXITY = 5
+_OGG_OPTIONS = {"page_duration": "20000", "flush_packets": "1"}
+
 # A streamed WAV's RIFF and data sizes: unknown, so the largest value (the
 # convention of streaming WAV writers such as ffmpeg and sox; decoders read
 # to the end of the stream).
@@ -182,9 +183,6 @@ class _SoundFileEncoder:
         self.sink = _Sink()
         self._file = soundfile.SoundFile(self.sink, "w", samplerate=sample_rate, channels=1,
                                          format=fmt, subtype=subtype)
-        if fmt == "OGG":
-            _command_double(self._file, _SFC_SET_OGG_PAGE_LATENCY_MS, _OGG_PAGE_LATENCY_MS)
-            _command_double(self._file, _SFC_SET_COMPRESSION_LEVEL, 1.0 - (OPUS_BITRATE - 6000) / 250_000)
 
     def encode(self, audio: np.ndarray) -> bytes:
         if audio.size:
@@ -196,10 +194,41 @@ class _SoundFileEncoder:
         return self.sink.take()
 
 
-def _command_double(file: soundfile.SoundFile, command: int, value: float) -> None:
-    """libsndfile's sf_command with a double argument (soundfile wraps neither of ours)."""
-    argument = soundfile._ffi.new("double*", value)
-    soundfile._snd.sf_command(file._file, command, argument, soundfile._ffi.sizeof("double"))
+class _OpusEncoder:
+    """Ogg/Opus through libopus (PyAV), written into a BytesIO; `take` hands out what is new."""
+
+    def __init__(self, sample_rate: int):
+        self.sink = io.BytesIO()
+        self._taken = 0
+        self._pts = 0
+        self._rate = sample_rate
+        self._container = av.open(self.sink, "w", format="ogg", options=_OGG_OPTIONS)
+        self._stream = self._container.add_stream("libopus", rate=sample_rate, layout="mono")
+        self._stream.bit_rate = OPUS_BITRATE
+        self._stream.options = {"compression_level": str(OPUS_COMPLEXITY), "application": "audio"}
+
+    def encode(self, audio: np.ndarray) -> bytes:
+        if audio.size:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32)[np.newaxis, :],
+                                               format="flt", layout="mono")
+            frame.sample_rate, frame.pts = self._rate, self._pts
+            self._pts += audio.size
+            self._mux(frame)
+        return self._take()
+
+    def finish(self) -> bytes:
+        self._mux(None)  # drain the encoder's look-ahead
+        self._container.close()
+        return self._take()
+
+    def _mux(self, frame) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def _take(self) -> bytes:
+        new = self.sink.getbuffer()[self._taken:].tobytes()
+        self._taken += len(new)
+        return new
 
 
 def check_rate(encoding: Encoding, sample_rate: int) -> None:
@@ -216,6 +245,8 @@ def stream_encoder(encoding: Encoding, sample_rate: int) -> StreamEncoder:
         return _PcmEncoder(encoding)
     if encoding is Encoding.WAV:
         return _WavStreamEncoder(sample_rate)
+    if encoding is Encoding.OGG_OPUS:
+        return _OpusEncoder(sample_rate)
     return _SoundFileEncoder(encoding, sample_rate)
 
 
@@ -226,6 +257,9 @@ def encode_whole(audio: np.ndarray, encoding: Encoding, sample_rate: int) -> byt
         return encode_pcm(audio, encoding)
     if encoding is Encoding.WAV:
         return encode_wav(audio, sample_rate)
+    if encoding is Encoding.OGG_OPUS:
+        encoder = _OpusEncoder(sample_rate)
+        return encoder.encode(audio) + encoder.finish()
     encoder = _SoundFileEncoder(encoding, sample_rate)
     encoder.encode(audio)
     encoder.finish()
