@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import grpc
 
+from server.changes import Changes
 from server.requestlog import log_request
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ class Metrics:
         self.sent_audio_s = 0.0
         self.synthesized_audio_s = 0.0
         self.characters = 0
-        self._changed: Optional[asyncio.Condition] = None
-        self._waiters = 0
+        self._changes = Changes()
 
     # -- hot path: one call per run / segment / call -----------------------
 
@@ -180,7 +180,7 @@ class Metrics:
             self.sent_audio_s += call.audio_s
             self.characters += call.characters
         log_request(call, code, ended)
-        self._announce()
+        self._changes.changed()
 
     # -- readers ------------------------------------------------------------
 
@@ -196,24 +196,7 @@ class Metrics:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once `predicate()` holds; it is re-checked whenever a call finishes."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        self._waiters += 1
-        try:
-            async with self._changed:
-                await self._changed.wait_for(predicate)
-        finally:
-            self._waiters -= 1
-
-    def _announce(self) -> None:
-        if not self._waiters:
-            return
-
-        async def notify():
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
+        await self._changes.wait_until(predicate)
 
 
 # The server's deadline is the request's arrival plus its timeout, so it

@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import onnxruntime as ort
 
+from server.changes import Changes
 from server.errors import DeadlineExceeded, Overloaded, Unavailable
 from server.metrics import Metrics
 
@@ -101,8 +102,7 @@ class Scheduler:
         # One release per job pushed, one acquire per job popped: a worker
         # that acquires always finds a job in the heap.
         self._pushed: Optional[asyncio.Semaphore] = None
-        self._changed: Optional[asyncio.Condition] = None
-        self._idle_waiters = 0
+        self._changes = Changes()
         self._executor = ThreadPoolExecutor(pool_size, thread_name_prefix="infer")
         self._workers: list[asyncio.Task] = []
         self._draining = False
@@ -110,7 +110,6 @@ class Scheduler:
     async def start(self) -> None:
         """Start the workers on the running loop."""
         self._pushed = asyncio.Semaphore(0)
-        self._changed = asyncio.Condition()
         self._workers = [asyncio.create_task(self._work(i), name=f"infer-{i}")
                          for i in range(self.pool_size)]
 
@@ -151,12 +150,7 @@ class Scheduler:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once `predicate()` holds; it is checked again whenever a call or a run ends."""
-        self._idle_waiters += 1
-        try:
-            async with self._changed:
-                await self._changed.wait_for(predicate)
-        finally:
-            self._idle_waiters -= 1
+        await self._changes.wait_until(predicate)
 
     @contextmanager
     def admit(self):
@@ -172,7 +166,7 @@ class Scheduler:
             yield
         finally:
             self.active_calls -= 1
-            self._announce()
+            self._changes.changed()
 
     def submit(self, run: RunFn, due: float, deadline: Optional[float] = None, owner: str = "") -> Job:
         """Queue `run` (called in a worker thread with its RunOptions); await job.future.
@@ -232,18 +226,8 @@ class Scheduler:
         job.running = False
         del self.running[index]
         self.counters.runs_completed += 1
-        self._announce()
+        self._changes.changed()
 
-    def _announce(self) -> None:
-        """Wake wait_idle() callers; cheap when nobody waits."""
-        if not self._idle_waiters:
-            return
-
-        async def notify():
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
 
 
 def _timed(run: RunFn, run_options: ort.RunOptions) -> tuple[np.ndarray, float]:

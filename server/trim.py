@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Optional
 
+from server.changes import Changes
 from server.memory import rss_bytes
 from server.pool import SessionPool
 from server.scheduler import Scheduler
@@ -31,24 +32,22 @@ class IdleTrimmer:
         self._task: Optional[asyncio.Task] = None
         self.trims = 0
         """How many times memory was given back."""
-        self._trimmed: Optional[asyncio.Condition] = None
+        self._trimmed = Changes()
 
     def start(self) -> None:
         """Begin watching (no-op when idle_s is 0)."""
-        self._trimmed = asyncio.Condition()
         if self._idle_s > 0:
             self._task = asyncio.create_task(self._watch(), name="idle-trim")
 
     async def stop(self) -> None:
-        """Stop watching; a trim in progress finishes first."""
+        """Stop watching (a trim already handed to its thread still runs to its end there)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def wait_trims(self, count: int) -> None:
         """Return once memory has been given back `count` times in all."""
-        async with self._trimmed:
-            await self._trimmed.wait_for(lambda: self.trims >= count)
+        await self._trimmed.wait_until(lambda: self.trims >= count)
 
     async def _watch(self) -> None:
         scheduler = self._scheduler
@@ -64,8 +63,7 @@ class IdleTrimmer:
     async def _trim(self) -> None:
         before = rss_bytes()
         await asyncio.get_running_loop().run_in_executor(None, self._pool.trim)
-        async with self._trimmed:
-            self.trims += 1
-            self._trimmed.notify_all()
+        self.trims += 1
+        self._trimmed.changed()
         _LOGGER.info("idle: gave back %.0f MB of inference memory (RSS %.0f MB)",
                      (before - rss_bytes()) / 2**20, rss_bytes() / 2**20)
