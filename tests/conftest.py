@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import grpc
@@ -12,18 +11,13 @@ import pytest
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path:
-    """shared/ (reference vectors): beside the checkout, or $SPEAKSTREAM_SHARED."""
-    path = Path(os.environ.get("SPEAKSTREAM_SHARED", _REPO.parent / "shared"))
-    if not path.is_dir():
-        pytest.fail(f"shared/ not found at {path}; set SPEAKSTREAM_SHARED")
-    return path
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def phoneme_vectors() -> dict:
-    """Reference phoneme ids from Piper's training-time frontend."""
-    return json.loads((shared_dir() / "vectors" / "phoneme_ids.json").read_text(encoding="utf-8"))
+    """Reference phoneme ids from Piper's training-time frontend (tests/data/vectors/README.md)."""
+    return json.loads((DATA / "vectors" / "phoneme_ids.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="session")
