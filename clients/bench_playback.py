@@ -2,7 +2,7 @@
 
 Everything runs for real: a server started in this process (server.app.start),
 speakstream-say as a subprocess, its audio through PyAudio -> PortAudio ->
-ALSA into a paced `file` device (clients.paced_device), so the callback runs
+ALSA into a paced `file` device (bench.paced_device), so the callback runs
 at the pace of a sound card. Figures are medians over the repeats.
 
 - first sound: from the first chunk received to the first frame handed to
@@ -40,7 +40,7 @@ import grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from clients.paced_device import PacedFileDevice
+from bench.paced_device import PacedFileDevice
 from clients.player import DEFAULT_MAX_PREBUFFER_MS, DEFAULT_PREBUFFER_MS
 
 SHORT_TEXT = "Hello there, how can I help you today?"

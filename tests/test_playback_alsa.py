@@ -1,6 +1,6 @@
 """The real stack: PyAudio -> PortAudio -> ALSA -> ALSA's `file` PCM, paced at real time.
 
-The "sound card" is clients.paced_device.PacedFileDevice: ALSA's `file`
+The "sound card" is bench.paced_device.PacedFileDevice: ALSA's `file`
 plugin writes into a FIFO drained at 22,050 frames/s, so PortAudio's callback
 runs as it would on hardware, and every byte that reached the device is kept.
 
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from clients.paced_device import PacedFileDevice
+from bench.paced_device import PacedFileDevice
 from clients.player import Player, PlayerConfig
 from speakstream.v1 import synthesizer_pb2 as pb
 

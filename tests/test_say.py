@@ -14,7 +14,7 @@ import wave
 
 import pytest
 
-from clients.paced_device import PacedFileDevice
+from bench.paced_device import PacedFileDevice
 from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
