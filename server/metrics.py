@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Optional
 
 import grpc
 
+from speakstream.v1 import synthesizer_pb2
+
 from server.changes import Changes
 from server.requestlog import log_request
 
@@ -34,8 +36,10 @@ BUCKET_BOUNDS_S: tuple[float, ...] = (
     10.0, 20.0, 30.0, 60.0, 120.0,
 )
 
-# The Synthesizer RPCs, listed in every snapshot even before their first call.
-SYNTHESIZER_RPCS = ("Synthesize", "SynthesizeStream", "ListVoices")
+# Every RPC of the Synthesizer service, listed in every snapshot even before its
+# first call; read from the contract so an RPC added there is listed too.
+SYNTHESIZER_RPCS: tuple[str, ...] = tuple(
+    method.name for method in synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].methods)
 
 
 class Histogram:

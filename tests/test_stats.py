@@ -20,7 +20,9 @@ from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 
 from external_tools import grpcurl_examples, grpcurl_path, run
+from server.metrics import Metrics
 from server.requestlog import JsonFormatter
+from server.stats import SnapshotBuilder
 
 _TIMEOUT = 60
 
@@ -48,7 +50,12 @@ async def test_get_stats_describes_the_running_server(app, stub, stats):
     snapshot = (await stats.GetStats(spb.GetStatsRequest(), timeout=_TIMEOUT)).snapshot
     assert snapshot.uptime_s > 0 and snapshot.time.seconds > 0
     assert snapshot.recording
-    assert [r.method for r in snapshot.requests.rpcs][:3] == ["Synthesize", "SynthesizeStream", "ListVoices"]
+    # stats.proto: one entry per Synthesizer RPC, listed even before its first call; so on this
+    # server and on a fresh registry that has seen no call at all.
+    every_rpc = [m.name for m in pb.DESCRIPTOR.services_by_name["Synthesizer"].methods]
+    assert [r.method for r in snapshot.requests.rpcs] == every_rpc
+    fresh = SnapshotBuilder(Metrics(), app.scheduler, app.pool, app.synthesizer.cache, app.gpu).build()
+    assert [(r.method, r.total, r.in_flight) for r in fresh.requests.rpcs] == [(m, 0, 0) for m in every_rpc]
     assert snapshot.pool.size == app.settings.pool_size
     assert snapshot.pool.busy + snapshot.pool.idle == app.settings.pool_size
     assert [w.index for w in snapshot.threads.workers] == list(range(app.settings.pool_size))
