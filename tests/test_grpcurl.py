@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 import pytest
 
+from speakstream.v1 import stats_pb2 as spb
+from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 
 from external_tools import grpcurl_examples, grpcurl_path, run
 
 _SYNTH = "speakstream.v1.Synthesizer"
 _STATS = "speakstream.v1.Stats"
+_SYNTH_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["Synthesizer"].methods]
 _PROTO_ARGS = ("-import-path", "protos", "-proto", "speakstream/v1/synthesizer.proto")
 _DOC_ADDRESS = "localhost:50051"
 _HELLO = {"text": "Hello there. How are you?", "noise_scale": 0, "noise_w": 0}
@@ -55,8 +58,8 @@ def _json_stream(text: str) -> list[dict]:
 async def test_list_shows_every_served_service(grpcurl):
     result = await grpcurl("list")
     assert result.code == 0, result.explain()
-    assert {_SYNTH, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection"} <= set(result.out.split())
+    assert set(result.out.split()) == {_SYNTH, _STATS, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                                       "grpc.reflection.v1alpha.ServerReflection"}
 
 
 @pytest.mark.parametrize("proto", [False, True], ids=["reflection", "proto"])
@@ -97,9 +100,10 @@ async def test_describe_resolves_enum_values_and_every_listed_service(grpcurl):
     value = await grpcurl("describe", "speakstream.v1.AudioEncoding.AUDIO_ENCODING_WAV")
     assert value.code == 0, value.explain()
     assert "AUDIO_ENCODING_WAV = 3;" in value.out
-    everything = await grpcurl("describe")
-    assert everything.code == 0, everything.explain()
-    assert everything.out.count(" is a service:") >= 4
+    listed, everything = await grpcurl("list"), await grpcurl("describe")
+    assert listed.code == 0 and everything.code == 0, listed.explain() + everything.explain()
+    described = [line.split()[0] for line in everything.out.splitlines() if line.endswith(" is a service:")]
+    assert sorted(described) == sorted(listed.out.split())
 
 
 @pytest.mark.parametrize("proto", [False, True], ids=["reflection", "proto"])
@@ -169,18 +173,26 @@ async def test_a_bad_request_shows_its_status_and_exits_64_plus_code(grpcurl, da
     assert f"Code: {status}" in result.err
 
 
-async def _stats_served(grpcurl) -> bool:
-    listed = await grpcurl("list")
-    assert listed.code == 0, listed.explain()
-    return _STATS in listed.out.split()
-
-
-async def test_stats_get_stats_answers_json(grpcurl):
-    if not await _stats_served(grpcurl):
-        pytest.skip(f"{_STATS} is not served yet (absent from `grpcurl list`); this test runs once it is")
+async def test_stats_get_stats_prints_the_snapshot_the_stub_gets(app, grpcurl, stub, channel):
+    """GetStats through reflection: proto3 JSON names, the server's own sizes, the calls counted."""
+    await stub.Synthesize(pb.SynthesizeRequest(**_HELLO), timeout=60)
+    reference = (await spb_grpc.StatsStub(channel).GetStats(spb.GetStatsRequest(), timeout=60)).snapshot
     result = await grpcurl(f"{_STATS}/GetStats", data={})
     assert result.code == 0, result.explain()
-    assert isinstance(json.loads(result.out), dict)
+    snapshot = json.loads(result.out)["snapshot"]
+    settings = app.settings
+    assert snapshot["recording"] is True
+    assert snapshot["pool"]["size"] == settings.pool_size
+    assert snapshot["queue"]["capacity"] == settings.pool_size + settings.max_queue
+    assert snapshot["cache"]["maxBytes"] == str(settings.cache_mb * 1024 * 1024)  # uint64: a JSON string
+    assert [s["voice"] for s in snapshot["pool"]["sessions"]] == [s.voice for s in reference.pool.sessions]
+    assert snapshot["uptimeS"] >= reference.uptime_s
+    rpcs = {r["method"]: r for r in snapshot["requests"]["rpcs"]}
+    assert list(rpcs) == _SYNTH_METHODS
+    # No Synthesize call ran between the two snapshots; the one above made the count at least 1.
+    reference_ok = next(r for r in reference.requests.rpcs if r.method == "Synthesize").by_status["OK"]
+    assert reference_ok >= 1
+    assert int(rpcs["Synthesize"]["byStatus"]["OK"]) == reference_ok
 
 
 @dataclass(frozen=True)
@@ -205,9 +217,7 @@ def test_api_doc_has_grpcurl_examples_for_every_rpc():
 
 
 @pytest.mark.parametrize("example", _doc_examples(), ids=str)
-async def test_api_doc_example_runs(app, grpcurl, example):
-    if any(_STATS in arg for arg in example.argv) and not await _stats_served(grpcurl):
-        pytest.skip(f"{_STATS} is not served yet")
+async def test_api_doc_example_runs(app, example):
     argv = [grpcurl_path(), "-max-time", "60",
             *(app.address if arg == _DOC_ADDRESS else arg for arg in example.argv[1:])]
     result = await run(argv)
