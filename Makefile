@@ -82,4 +82,4 @@ fuzz: $(STAMP)
 .PHONY: bench
 # Starts its own server; BENCH_ARGS="--target host:port" measures a running one.
 bench: $(STAMP)
-	$(PY) -m clients.bench $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)

@@ -13,7 +13,7 @@ Operations, per 20 ms frame of 22,050 Hz mono int16 (441 samples, 882 bytes):
 - total: the client's whole path: float32 network chunks converted to int16,
   chunked into frames, each frame written to and read from the ring.
 
-    python -m clients.bench_fastaudio [--budget SECONDS] [--json]
+    python -m bench.fastaudio [--budget SECONDS] [--json]
 """
 
 from __future__ import annotations

@@ -47,8 +47,10 @@ import numpy as np
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from clients.bench_server import ServerProcess
+from bench.floor import Floor
+from bench.server_process import ServerProcess
 from clients.channel import Connection, open_aio_channel
+from server.live import DEFAULT_MAX_PENDING_MS, LiveSegmenter
 
 REPLY = (
     "Sure, I can help with that. Your appointment with Dr. Patel is on Thursday at half past three. "
@@ -74,8 +76,6 @@ def tokens(text: str) -> list[str]:
 def clause_plan(pieces: list[str], frontend, voice_config) -> list[dict]:
     """The clauses the server will speak: span, the piece that makes each certain
     (None: the end of input), and the ids of its first segment."""
-    from server.live import LiveSegmenter
-
     seg = LiveSegmenter(MAX_PENDING_MS, 0)
     spans = []
     for k, piece in enumerate(pieces):
@@ -142,8 +142,6 @@ def playback_gaps(arrivals: list[tuple[float, float]]) -> float:
 async def run_on_call(stub, floor) -> dict:
     """A reply without punctuation at TOKENS_PER_S with the default max_pending_ms:
     seconds from the first word to the first audio, and the floor for the first chunk's words."""
-    from server.live import DEFAULT_MAX_PENDING_MS
-
     call = stub.SynthesizeLive(timeout=_TIMEOUT_S)
     await call.write(pb.LiveRequest(config=pb.LiveConfig(settings=pb.SynthesizeRequest())))
     first_chunk = asyncio.ensure_future(call.read())
@@ -242,8 +240,6 @@ def run(target: Optional[str] = None, server_args: tuple = (), rounds: int = 3, 
         concurrency: int = 8, connection: Optional[Connection] = None) -> dict:
     """The live section against `target` (reached through `connection`, default plaintext)
     or a server started here; a dict of figures."""
-    from clients.bench import Floor
-
     floor = Floor()
     pieces = tokens(REPLY)
     plan = clause_plan(pieces, floor.frontend, floor.voice.config)

@@ -8,7 +8,7 @@ sample rate: a blocked write() is what a full hardware buffer would be, and
 PortAudio's callback runs at the pace it would on a card. Every byte that
 reached the "device" is kept for comparison.
 
-Used by the playback tests and by clients/bench_playback.py:
+Used by the playback tests and by bench/playback.py:
 
     with PacedFileDevice(tmp_dir, sample_rate=22050) as device:
         env = device.env()           # HOME with the .asoundrc; for a subprocess

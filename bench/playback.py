@@ -18,7 +18,7 @@ at the pace of a sound card. Figures are medians over the repeats.
   player's jitter-buffer policy for each prebuffer: underruns and the delay
   the prebuffer adds to the start.
 
-    python -m clients.bench_playback [--repeats N] [--json]
+    python -m bench.playback [--repeats N] [--json]
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from bench.paced_device import PacedFileDevice
+from bench.texts import TEXTS
 from clients.player import DEFAULT_MAX_PREBUFFER_MS, DEFAULT_PREBUFFER_MS
+from server.app import start
+from server.config import Settings
 
-SHORT_TEXT = "Hello there, how can I help you today?"
+SHORT_TEXT = TEXTS["short"]
 # About 12 s of speech: several sentences, the first with a clause boundary.
 TEN_SECOND_TEXT = (
     "Well, the results are in. The old lighthouse stood at the edge of the cliff, and every night "
@@ -51,8 +54,7 @@ TEN_SECOND_TEXT = (
     "knew where the rocks were.")
 TRACE_TEXTS = (
     SHORT_TEXT,
-    "Your order has shipped and should arrive on Thursday. You can track the parcel from the link "
-    "in your confirmation email. Is there anything else I can do for you?",
+    TEXTS["medium"],
     TEN_SECOND_TEXT,
     "Yes, of course. Press one for sales, two for support, or stay on the line to speak with someone.",
 )
@@ -71,9 +73,6 @@ def run(repeats: int = 5, trace_repeats: int = 3) -> dict:
 
 async def run_async(repeats: int = 5, trace_repeats: int = 3) -> dict:
     """run() for callers that already have an event loop."""
-    from server.app import start
-    from server.config import Settings
-
     # No audio cache: every run synthesizes, as a first request would.
     app = await start(Settings(port=0, cache_mb=0))
     try:
@@ -254,7 +253,7 @@ def print_report(results: dict, out=sys.stdout) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: python -m clients.bench_playback."""
+    """Entry point: python -m bench.playback."""
     p = argparse.ArgumentParser(prog="bench_playback", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="speakstream-say runs per figure (default %(default)s)")
     p.add_argument("--trace-repeats", type=int, default=3,

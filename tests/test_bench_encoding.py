@@ -2,7 +2,7 @@
 
 import pytest
 
-from clients import bench_encoding
+from bench import encoding as bench_encoding
 from server.encoding import Encoding
 
 

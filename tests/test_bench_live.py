@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients import bench_live
+from bench import live as bench_live
 from server.frontend import split_sentences
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clients import bench_fastaudio
+from bench import fastaudio as bench_fastaudio
 from fastaudio_impls import load
 
 

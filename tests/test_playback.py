@@ -299,7 +299,7 @@ def test_progress_counts_the_sentences_spoken_up_to_a_position():
 
 
 def test_the_benchmarks_jitter_model_counts_a_late_chunk_once_and_grows_the_prebuffer():
-    from clients.bench_playback import prebuffer_sweep, simulate
+    from bench.playback import prebuffer_sweep, simulate
 
     # (arrival s, audio s): 0.5 s of audio, then the next chunk 0.8 s later.
     trace = [(0.0, 0.5), (0.8, 0.5), (0.85, 0.05), (1.0, 1.0)]
