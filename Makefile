@@ -64,6 +64,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | system-d
 .PHONY: node-install
 node-install: $(NODE_STAMP)
 
+.PHONY: proto-baseline
+# At a release only: records protos/ as released, the baseline of `buf breaking`
+# in tests/test_contract.py (docs/API.md, Evolving the contract).
+proto-baseline: $(NODE_STAMP)
+	$(NODE_DIR)/node_modules/.bin/buf build protos --exclude-source-info -o protos/released.binpb
+
 clean:
 	rm -rf build dist *.egg-info $(VENV) fastaudio/*.so fastaudio/_fastaudio.c $(NODE_DIR)/node_modules
 	find protos -name '*_pb2*.py*' -delete
