@@ -93,7 +93,8 @@ def clause_plan(pieces: list[str], frontend, voice_config) -> list[dict]:
 
 async def live_call(stub, pieces: list[str], plan: list[dict], delay_s: float = 0.0) -> dict:
     """Stream `pieces` at TOKENS_PER_S: seconds from each clause's deciding piece to
-    its first audio ("latency", None if never), and the playback gaps ("silence_s")."""
+    its first audio ("latency", None if never), the audio chunks' (arrival, audio
+    seconds) ("arrivals") and the playback gaps they make ("silence_s")."""
     await asyncio.sleep(delay_s)
     config = pb.LiveConfig(settings=pb.SynthesizeRequest(), max_pending_ms=MAX_PENDING_MS)
     call = stub.SynthesizeLive(timeout=_TIMEOUT_S)
@@ -123,7 +124,7 @@ async def live_call(stub, pieces: list[str], plan: list[dict], delay_s: float = 
     await receiver
     return {"latency": [first_audio[i] - sent[c["piece"]] if i in first_audio else None
                         for i, c in enumerate(plan)],
-            "silence_s": playback_gaps(arrivals)}
+            "arrivals": arrivals, "silence_s": playback_gaps(arrivals)}
 
 
 def playback_gaps(arrivals: list[tuple[float, float]]) -> float:

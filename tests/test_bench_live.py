@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bench import live as bench_live
@@ -36,10 +38,56 @@ def test_playback_gaps_count_only_the_time_nothing_is_left_to_play():
     assert bench_live.playback_gaps([(0.0, 1.0), (1.5, 1.0), (3.0, 0.5)]) == pytest.approx(1.0)
 
 
+class _RecordingCall:
+    """A SynthesizeLive call that notes when it hands each audio chunk over, and its audio seconds."""
+
+    def __init__(self, call):
+        self._call = call
+        self.chunks: list[tuple[float, float]] = []
+
+    async def write(self, request) -> None:
+        """Send one request."""
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        """Close the send side."""
+        await self._call.done_writing()
+
+    async def __aiter__(self):
+        async for chunk in self._call:
+            if chunk.num_samples:
+                self.chunks.append((time.perf_counter(), chunk.num_samples / chunk.sample_rate_hz))
+            yield chunk
+
+
+class _RecordingStub:
+    """The Synthesizer stub, each SynthesizeLive call wrapped in a _RecordingCall."""
+
+    def __init__(self, stub):
+        self._stub = stub
+        self.calls: list[_RecordingCall] = []
+
+    def SynthesizeLive(self, **kwargs) -> _RecordingCall:  # noqa: N802 (the stub's method name)
+        """Open the call through the real stub."""
+        self.calls.append(_RecordingCall(self._stub.SynthesizeLive(**kwargs)))
+        return self.calls[-1]
+
+
 @pytest.mark.slow
-async def test_a_live_call_times_every_clause(stub, plan_for):
+async def test_a_live_call_times_every_clause_and_the_silence_of_its_chunk_timeline(stub, plan_for):
     pieces = bench_live.tokens(bench_live.REPLY)
     plan = plan_for(pieces)
-    result = await bench_live.live_call(stub, pieces, plan)
+    recording = _RecordingStub(stub)
+    result = await bench_live.live_call(recording, pieces, plan)
     assert len(result["latency"]) == len(plan) and all(t is not None and t > 0 for t in result["latency"])
-    assert result["silence_s"] >= 0
+    handed = recording.calls[0].chunks
+    # The bench's timeline is every audio chunk the call delivered, each its own length...
+    assert [a for _, a in result["arrivals"]] == [a for _, a in handed]
+    assert sum(a for _, a in handed) > 10  # the whole reply (about 20 s), not its first clauses
+    # ... timed after the call handed it over and before the call handed over the next one.
+    for k, (arrived, _) in enumerate(result["arrivals"]):
+        assert handed[k][0] <= arrived and (k + 1 == len(handed) or arrived <= handed[k + 1][0])
+    # Silence is max over chunks of (arrival + audio from it on) - first arrival - all audio,
+    # so timing each chunk up to d later changes it by at most 2d: d is taken from the data.
+    skew = max(arrived - at for (arrived, _), (at, _) in zip(result["arrivals"], handed))
+    assert result["silence_s"] == pytest.approx(bench_live.playback_gaps(handed), abs=2 * skew)
