@@ -32,7 +32,7 @@ from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.channel import TOKEN_ENV, Connection, open_aio_channel
-from external_tools import grpcurl_examples, grpcurl_path, run
+from external_tools import command, grpcurl_examples, grpcurl_path, run
 from server import app as app_module
 from server.__main__ import build_parser, settings_from_args
 from server.app import ADMIN_METHODS, OPEN_SERVICES, start
@@ -466,13 +466,20 @@ def test_a_key_that_does_not_match_the_certificate_is_an_error(pki):
         load_security(Settings(tls_cert=pki.server.cert_path, tls_key=pki.client.key_path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_an_unreadable_key_is_named(pki, tmp_path):
+async def test_an_unreadable_key_is_a_one_line_usage_error_before_any_model_loads(pki, tmp_path):
     key = tmp_path / "locked.key"
     key.write_bytes(pki.server.key)
     key.chmod(0)
-    with pytest.raises(SecurityConfigError, match=re.escape(f"tls_key: {key}: cannot read")):
-        load_security(Settings(tls_cert=pki.server.cert_path, tls_key=key))
+    # Root reads a mode-0 file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; setpriv drops
+    # both before exec, so the server meets the key as any other user would (CI runs as root).
+    drop = [command("setpriv"), "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    result = await run([*(drop if os.geteuid() == 0 else []), sys.executable, "-m", "server", "--port", "0",
+                        "--tls-cert", str(pki.server.cert_path), "--tls-key", str(key)])
+    assert result.code == 2, result.explain()
+    *usage, error = result.err.splitlines()
+    assert error == f"speakstream-server: error: tls-key: {key}: cannot read (Permission denied)", result.explain()
+    # argparse's usage and nothing else: no traceback, no log line of a model loading.
+    assert usage == ["usage: speakstream-server [options]"], result.explain()
 
 
 def test_the_command_line_names_a_bad_file_as_a_usage_error(pki, tmp_path, capsys):
