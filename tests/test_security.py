@@ -186,8 +186,42 @@ def test_the_server_binds_loopback_unless_told_otherwise():
     assert settings_from_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
 
 
-async def test_a_default_server_listens_on_loopback(token_app):
-    assert token_app.address == f"127.0.0.1:{token_app.port}"
+def _proc_address(hex_address: str) -> str:
+    """An address as /proc/net/tcp{,6} prints it (32-bit words in host, little-endian, byte order);
+    an IPv4-mapped IPv6 address (gRPC binds 127.0.0.1 on an IPv6 socket) as the IPv4 one."""
+    raw = bytes.fromhex(hex_address)
+    address = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+def _own_socket_inodes() -> set[str]:
+    """Inodes of this process's sockets."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses this process's TCP sockets listen on at `port`, as the kernel reports them."""
+    ours, addresses = _own_socket_inodes(), set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if int(port_hex, 16) == port and fields[3] == "0A" and fields[9] in ours:  # 0A: LISTEN
+                addresses.add(_proc_address(address))
+    return addresses
+
+
+async def test_a_default_server_listens_on_loopback_only(token_app):
+    # What the kernel has bound, not the address the app reports: no other interface reaches it.
+    assert _listening_addresses(token_app.port) == {"127.0.0.1"}
 
 
 # --- TLS --------------------------------------------------------------------------------------
