@@ -34,6 +34,7 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 from clients.channel import TOKEN_ENV, Connection, open_aio_channel
 from external_tools import command, grpcurl_examples, grpcurl_path, run
 from server import app as app_module
+from server import security as security_module
 from server.__main__ import build_parser, settings_from_args
 from server.app import ADMIN_METHODS, OPEN_SERVICES, start
 from server.config import Settings
@@ -439,8 +440,19 @@ def test_bearer_token_reads_the_authorization_header():
     assert bearer_token(None) is None
 
 
-def test_token_in_compares_against_every_token():
-    assert token_in(b"b", (b"a", b"b", b"c"))
+def test_token_in_compares_against_every_token(monkeypatch):
+    compared = []
+    compare_digest = security_module.hmac.compare_digest
+
+    def recording(token, candidate):
+        compared.append(candidate)
+        return compare_digest(token, candidate)
+
+    monkeypatch.setattr(security_module.hmac, "compare_digest", recording)
+    tokens = (b"a", b"b", b"c")
+    assert token_in(b"a", tokens)
+    # No early exit at the match: the time taken does not tell which token matched.
+    assert compared == list(tokens)
     assert not token_in(b"bb", (b"a", b"b"))
     assert not token_in(b"a", ())
 
