@@ -13,7 +13,7 @@ import typing
 from typing import Any, Optional, Sequence
 
 from server.config import GROUPS, Settings, flag, flag_of, option
-from server.errors import VoiceLoadError
+from server.errors import BindError, VoiceLoadError
 from server.requestlog import configure_logging
 
 _LOGGER = logging.getLogger("server")
@@ -123,6 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         asyncio.run(serve(settings))
     except VoiceLoadError as exc:
         _LOGGER.error("cannot start: %s", exc)
+        return 2
+    except BindError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)  # one line, like a usage error: the fix is a flag
         return 2
     return 0
 

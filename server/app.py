@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 import tracemalloc
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Optional
 
 import grpc
@@ -16,7 +17,7 @@ from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesiz
 
 from server import transport
 from server.config import Settings
-from server.errors import VoiceLoadError
+from server.errors import BindError, VoiceLoadError
 from server.gpu import GpuMonitor
 from server.memory import tune_malloc
 from server.metrics import Metrics
@@ -59,6 +60,8 @@ class App:
     gpu: Optional[GpuMonitor] = None
     voice_reaper: Optional[asyncio.Future] = None
     trimmer: Optional[IdleTrimmer] = None
+    parts: AsyncExitStack = field(default_factory=AsyncExitStack)
+    """What stops after the server, last started first: tracing, exporter, NVML, frontend thread, trimmer, workers."""
 
     @property
     def metrics_port(self) -> Optional[int]:
@@ -79,11 +82,7 @@ class App:
         if self.stats is not None:
             await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
         await self.server.stop(self.settings.grace_s if grace is None else grace)
-        if self.trimmer is not None:
-            await self.trimmer.stop()
-        await self.scheduler.close()
-        self.synthesizer.close()
-        await _stop_observability(self)
+        await self.parts.aclose()
 
 
 def load_voices(settings: Settings) -> VoiceRegistry:
@@ -92,43 +91,84 @@ def load_voices(settings: Settings) -> VoiceRegistry:
 
 
 async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> App:
-    """Load the default voice, bind, start serving, and return the running App."""
+    """Bind, load the default voice, start serving, and return the running App.
+
+    The port is taken first, so a busy one fails at once (BindError), before
+    any model loads. Every part started after it is registered on the App's
+    exit stack; when a later step fails, the parts started so far are stopped
+    (workers, trimmer, frontend thread, exporter) and the port is freed before
+    the error goes up, so nothing is left running.
+    """
     started = time.monotonic()
     security = load_security(settings)  # a bad certificate or token file fails before any model loads
+    server = grpc.aio.server(options=transport.server_options(settings),
+                             maximum_concurrent_rpcs=transport.max_concurrent_rpcs(settings),
+                             interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS) or None)
+    port = _bind(server, settings, security)
+    parts = AsyncExitStack()
+    try:
+        app = await _assemble(settings, voices, server, port, parts)
+        await server.start()
+    except BaseException:
+        await parts.aclose()
+        await _close_unstarted(server)
+        raise
+    if settings.voice_idle_s:
+        app.voice_reaper = asyncio.ensure_future(_unload_idle_voices(app.pool, settings.voice_idle_s,
+                                                                     app.voices.default.name))
+    _LOGGER.info("ready on %s (voice %s, pool %d, %.1f s to start)", app.address,
+                 app.voices.default.name, settings.pool_size, time.monotonic() - started)
+    return app
+
+
+async def _assemble(settings: Settings, voices: Optional[VoiceRegistry], server: grpc.aio.Server, port: int,
+                    parts: AsyncExitStack) -> App:
+    """Load the voices, start the engine and the observability parts (each stopped by `parts`), add the services."""
     tune_malloc()
     voices = voices or load_voices(settings)
     pool = SessionPool(settings)
     await _load_voices(settings, voices, pool)
-    metrics = Metrics(enabled=settings.metrics)
-    scheduler = Scheduler(settings.pool_size, settings.max_queue, metrics)
-    await scheduler.start()
-    trimmer = IdleTrimmer(scheduler, pool, settings.idle_trim_s)
-    trimmer.start()
-    synthesizer = Synthesizer(settings, pool, scheduler)
-
-    server = grpc.aio.server(options=transport.server_options(settings),
-                             maximum_concurrent_rpcs=transport.max_concurrent_rpcs(settings),
-                             interceptors=security.interceptors(OPEN_SERVICES, ADMIN_METHODS) or None)
+    scheduler, trimmer, synthesizer = await _start_engine(settings, pool, parts)
+    gpu = GpuMonitor()
+    parts.callback(gpu.close)
+    builder = SnapshotBuilder(scheduler.metrics, scheduler, pool, synthesizer.cache, gpu, settings.enable_profiling)
+    exporter = await _start_exporter(settings, builder, parts)
+    _start_profiling(settings, parts)
+    stats = StatsServicer(builder, profiling=settings.enable_profiling)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
         SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
-    gpu = GpuMonitor()
-    builder = SnapshotBuilder(metrics, scheduler, pool, synthesizer.cache, gpu, settings.enable_profiling)
-    stats = StatsServicer(builder, profiling=settings.enable_profiling)
     stats_pb2_grpc.add_StatsServicer_to_server(stats, server)
     health_servicer = await _add_health(server)
     enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE, HEALTH_SERVICE))
-    port = _bind(server, settings, security)
-    exporter = _start_exporter(settings, builder)
-    _start_profiling(settings)
-    await server.start()
-    app = App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
-              metrics=metrics, stats=stats, exporter=exporter, gpu=gpu, trimmer=trimmer)
-    if settings.voice_idle_s:
-        app.voice_reaper = asyncio.ensure_future(_unload_idle_voices(pool, settings.voice_idle_s,
-                                                                     voices.default.name))
-    _LOGGER.info("ready on %s (voice %s, pool %d, %.1f s to start)", app.address,
-                 voices.default.name, settings.pool_size, time.monotonic() - started)
-    return app
+    return App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
+               metrics=scheduler.metrics, stats=stats, exporter=exporter, gpu=gpu, trimmer=trimmer, parts=parts)
+
+
+async def _start_engine(settings: Settings, pool: SessionPool,
+                        parts: AsyncExitStack) -> tuple[Scheduler, IdleTrimmer, Synthesizer]:
+    """The scheduler's workers, the idle trimmer and the synthesizer (frontend thread), each stopped by `parts`."""
+    scheduler = Scheduler(settings.pool_size, settings.max_queue, Metrics(enabled=settings.metrics))
+    await scheduler.start()
+    parts.push_async_callback(scheduler.close)
+    trimmer = IdleTrimmer(scheduler, pool, settings.idle_trim_s)
+    trimmer.start()
+    parts.push_async_callback(trimmer.stop)
+    synthesizer = Synthesizer(settings, pool, scheduler)
+    parts.callback(synthesizer.close)
+    return scheduler, trimmer, synthesizer
+
+
+async def _close_unstarted(server: grpc.aio.Server) -> None:
+    """Free the port of a server that never served.
+
+    gRPC holds a bound port until the server has run: stop() before start()
+    does nothing, so the server is started (with nothing yet able to answer
+    but UNIMPLEMENTED or a service being stopped) and stopped at once.
+    """
+    try:
+        await server.start()
+    finally:
+        await server.stop(None)
 
 
 async def _load_voices(settings: Settings, voices: VoiceRegistry, pool: SessionPool) -> None:
@@ -176,42 +216,43 @@ async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
 
 
 def _bind(server: grpc.aio.Server, settings: Settings, security: Security) -> int:
-    """Add the listening port: TLS (mutual with a client CA) when configured, else plaintext."""
+    """Add the listening port: TLS (mutual with a client CA) when configured, else plaintext; BindError if taken."""
+    transport.check_port(settings.host, settings.port, "--port")
     address = f"{_bracket(settings.host)}:{settings.port}"
     credentials = security.credentials()
-    if credentials is None:
-        if security.auth is not None and settings.host not in ("127.0.0.1", "::1", "localhost"):
-            _LOGGER.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", address)
-        return server.add_insecure_port(address)
-    _LOGGER.info("TLS on %s%s%s", address, " (client certificates required)" if security.tls.client_ca else "",
-                 ", bearer tokens required" if security.auth else "")
-    return server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            if security.auth is not None and settings.host not in ("127.0.0.1", "::1", "localhost"):
+                _LOGGER.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", address)
+            return server.add_insecure_port(address)
+        _LOGGER.info("TLS on %s%s%s", address, " (client certificates required)" if security.tls.client_ca else "",
+                     ", bearer tokens required" if security.auth else "")
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:  # "Failed to bind": taken between the check and now
+        raise BindError("--port", settings.host, settings.port) from None
 
 
-def _start_exporter(settings: Settings, builder: SnapshotBuilder) -> Optional[PrometheusExporter]:
-    """The Prometheus endpoint on host:--metrics-port, or None when the flag is not given."""
+async def _start_exporter(settings: Settings, builder: SnapshotBuilder,
+                          parts: AsyncExitStack) -> Optional[PrometheusExporter]:
+    """The Prometheus endpoint on host:--metrics-port (stopped by `parts`), or None when the flag is not given."""
     if settings.metrics_port is None:
         return None
     exporter = PrometheusExporter(builder.build, asyncio.get_running_loop())
-    port = exporter.start(settings.host, settings.metrics_port)
+    try:
+        port = exporter.start(settings.host, settings.metrics_port)
+    except OSError as exc:
+        raise BindError("--metrics-port", settings.host, settings.metrics_port, exc) from None
+    parts.push_async_callback(exporter.stop)
     _LOGGER.info("Prometheus metrics on http://%s:%d/metrics", _bracket(settings.host), port)
     return exporter
 
 
-def _start_profiling(settings: Settings) -> None:
+def _start_profiling(settings: Settings, parts: AsyncExitStack) -> None:
     if settings.enable_profiling and not tracemalloc.is_tracing():
         # Every allocation records its line from now on: slower, more memory.
         tracemalloc.start()
+        parts.callback(tracemalloc.stop)
         _LOGGER.warning("allocation tracing is on (--enable-profiling): expect slower requests")
-
-
-async def _stop_observability(app: App) -> None:
-    if app.exporter is not None:
-        await app.exporter.stop()
-    if app.gpu is not None:
-        app.gpu.close()
-    if app.settings.enable_profiling and tracemalloc.is_tracing():
-        tracemalloc.stop()
 
 
 def _bracket(host: str) -> str:

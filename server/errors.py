@@ -5,6 +5,9 @@ Modules below the servicer raise these; service.py turns them into
 becomes INTERNAL.
 """
 
+import errno
+from typing import Optional
+
 import grpc
 
 
@@ -70,6 +73,19 @@ class InferenceFailed(SpeakstreamError):
 
 class VoiceLoadError(Exception):
     """A voice's model or config file is missing or unreadable (start-up error)."""
+
+
+class BindError(Exception):
+    """A port to listen on could not be opened (start-up error); the one-line message names the flag to change."""
+
+    def __init__(self, flag: str, host: str, port: int, error: Optional[OSError] = None):
+        if error is not None and error.errno == errno.EADDRINUSE:
+            message = f"port {port} on {host} is in use (another speakstream-server?); choose another with {flag}"
+        else:
+            reason = error.strerror if error is not None and error.strerror else "the address could not be bound"
+            message = f"cannot listen on {host}:{port}: {reason}; check --host and {flag}"
+        super().__init__(message)
+        self.flag = flag
 
 
 class VoiceUnavailable(SpeakstreamError):

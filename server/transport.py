@@ -1,4 +1,4 @@
-"""gRPC server options: concurrency, message sizes, keepalive, streams per connection.
+"""gRPC server options: concurrency, message sizes, keepalive, streams per connection; the port check.
 
 Each value is set on purpose (docs/OPERATIONS.md, "Limits", says why) from
 Settings, so the transport's limits follow the request limits they protect.
@@ -6,7 +6,10 @@ Settings, so the transport's limits follow the request limits they protect.
 
 from __future__ import annotations
 
+import socket
+
 from server.config import Settings
+from server.errors import BindError
 
 _MIB = 1024 * 1024
 # A request's bytes besides its text (voice name, knobs, metadata framing).
@@ -67,3 +70,29 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         options.append(("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", round(settings.grace_s * 1000)))
     return options
+
+
+def check_port(host: str, port: int, flag: str) -> None:
+    """Raise BindError naming `flag` when no address of `host` can listen on `port` (busy, not this machine's).
+
+    gRPC reports a failed bind only as "Failed to bind to address" after a
+    log line of its own on stderr, so the server tries the bind itself first,
+    as gRPC would (SO_REUSEADDR; one address of the host is enough), and
+    says why in one line.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:  # socket.gaierror: a host name that does not resolve
+        raise BindError(flag, host, port, exc) from None
+    errors = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                errors.append(exc)
+    raise BindError(flag, host, port, errors[0])
