@@ -12,7 +12,7 @@ import sys
 import typing
 from typing import Any, Optional, Sequence
 
-from server.config import GROUPS, Settings, flag, flag_of, option
+from server.config import GROUPS, Option, Settings, flag, flag_of, option
 from server.errors import BindError, VoiceLoadError
 from server.requestlog import configure_logging
 
@@ -37,14 +37,24 @@ def _add_flag(group: argparse._ArgumentGroup, field: dataclasses.Field, hint: An
     """One flag: a switch for a bool (off by default: --flag; else --flag/--no-flag), else a typed value."""
     opt = option(field)
     kind = value_type(hint)
-    # A help text that states its default itself (not a plain value) keeps it.
-    help_text = opt.help if default is None or "(default" in opt.help else opt.help + " (default %(default)s)"
+    help_text = _help(opt, default)
     if kind is bool:
         action = "store_true" if default is False else argparse.BooleanOptionalAction
         group.add_argument(flag(field), dest=field.name, action=action, default=default, help=help_text)
         return
     group.add_argument(flag(field), dest=field.name, type=opt.parse or kind, default=default,
                        choices=opt.choices or None, help=help_text)
+
+
+def _help(opt: Option, default: Any) -> str:
+    """The help text with the default (unless the text states it) and the accepted range."""
+    notes = []
+    if default is not None and "(default" not in opt.help:
+        notes.append("default %(default)s")
+    if opt.range is not None:
+        low, high = opt.range
+        notes.append(f">= {low:,}" if high is None else f"{low:,} to {high:,}")
+    return opt.help + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def value_type(hint: Any) -> type:

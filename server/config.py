@@ -136,8 +136,8 @@ class Settings:
     """Unload a voice other than the default after this many seconds without a run; 0 = never."""
 
     # --- engine
-    pool_size: int = setting(1, "engine", "inferences run at the same time, over all voices (each on "
-                                          "--intra-op-threads threads)", range=(1, 256))
+    pool_size: int = setting(1, "engine", "inferences run at the same time, over all voices; each uses "
+                                          "--intra-op-threads threads", range=(1, 256))
     """Inference runs in flight at once, over all sessions.
 
     1 by default: a run's activations take ~150 MB for a 100-phoneme segment,
@@ -149,9 +149,10 @@ class Settings:
                                          "the sessions, so more do not run more at once", range=(1, 64))
     """ONNX Runtime sessions per voice; runs share them (ORT run is thread-safe)."""
 
-    intra_op_threads: int = setting(None, "engine", "threads ONE inference may use; with --pool-size > 1 use "
-                                                    "cores / pool-size (default: the number of cores, %(default)s "
-                                                    "here)", factory=_cores, range=(0, 256))
+    intra_op_threads: int = setting(None, "engine", "threads ONE inference may use (default: the number of "
+                                                    "cores, %(default)s here); with --pool-size > 1 use cores / "
+                                                    "pool-size; 0 = ONNX Runtime's choice",
+                                    factory=_cores, range=(0, 256))
     """Threads one run may use (default: cores; with pool_size > 1 use fewer)."""
 
     inter_op_threads: int = setting(1, "engine", "threads for parallel graph branches", range=(0, 256))

@@ -195,3 +195,11 @@ def test_help_says_what_pool_size_sessions_and_threads_mean():
     assert "--sessions SESSIONS copies of each voice's model loaded, for isolation" in text
     assert "--intra-op-threads INTRA_OP_THREADS threads ONE inference may use" in text
     assert f"(default: the number of cores, {DEFAULTS.intra_op_threads} here)" in text
+
+
+def test_help_states_every_range():
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    for field in FIELDS:
+        if option(field).range:
+            low, high = option(field).range
+            assert (f">= {low:,}" if high is None else f"{low:,} to {high:,}") in helps[field.name], field.name
