@@ -18,9 +18,12 @@ forced: by flush(), by the max_pending_chars limit (in feed) or by the
 max_pending_ms timer (force_split). A forced cut starts a new region: the
 text after it is segmented as if it began there. A timer or length cut is not
 a sentence end (is_forced): the call speaks on without sentence silence, in
-the same sentence. The timer waits while audio sent earlier is still playing
-(force_split's playing_until): a cut is forced only when the listener would
-otherwise soon hear nothing.
+the same sentence. Except a timer cut where split_sentences would end a
+sentence but for the unknown next character ("Hello there. " and a pause;
+not an ellipsis, not "Dr. ", which waits as before): that is a sentence end,
+so silence follows and the next text starts a new sentence. The timer waits
+while audio sent earlier is still playing (force_split's playing_until): a
+cut is forced only when the listener would otherwise soon hear nothing.
 
 normalize() decides some characters by their neighbours (a format character
 inside a word is dropped, elsewhere it is a space), so the last characters
@@ -50,7 +53,12 @@ _NORMALIZE_CONTEXT = 64
 
 
 class LiveSegmenter:
-    """Cuts a growing text into sentence spans (code-point offsets of the whole input)."""
+    """Cuts a growing text into sentence spans (code-point offsets of the whole input).
+
+    Fed one character at a time, with no timer or length cut, it yields
+    split_sentences's spans of the whole text; a timer cut after ". " + a
+    pause is a sentence end too (see the module's docstring).
+    """
 
     def __init__(self, max_pending_ms: int = DEFAULT_MAX_PENDING_MS,
                  max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS):
@@ -129,11 +137,23 @@ class LiveSegmenter:
         if cut is None:
             self._uncuttable = True
             return None
+        ends_sentence = self._sentence_end_but_next(cut)
         span = self._cut(cut)
-        self._forced.add(cut)
+        if not ends_sentence:
+            self._forced.add(cut)
         if self.pending.strip():
             self.pending_since = now
         return span
+
+    def _sentence_end_but_next(self, cut: int) -> bool:
+        """Whether pending text ends at `cut` with a sentence end that only waits for
+        the next character ("Hello there. " + a pause): marks and whitespace
+        running to the end of the text, not an ellipsis (nor an abbreviation,
+        which _last_word_boundary never cuts after), or a blank line."""
+        match = _SENTENCE_END.search(self._text, self._scan)
+        if match is None or match.end() != cut or cut != len(self._text):
+            return False
+        return match.group("ws") is None or is_sentence_end(match, self._start)
 
     def due_at(self, playing_until: Optional[float] = None) -> Optional[float]:
         """time.monotonic() at which force_split may cut, None when nothing is pending:

@@ -225,3 +225,39 @@ def test_random_texts_in_random_pieces_give_split_sentences_spans():
         last = seg.flush()
         assert seg.text == normalize(text), repr(text)
         assert spans + ([last] if last else []) == split_sentences(normalize(text)), repr(text)
+
+
+def test_a_timer_cut_after_a_sentence_end_waiting_for_its_next_character_is_a_sentence_end():
+    """ "Hello there. " and a pause: the timer speaks it as a sentence (silence
+    follows, the next text is a new sentence), not as a forced mid-sentence cut."""
+    seg = LiveSegmenter(max_pending_ms=100)
+    assert seg.feed("Hello there. ", now=0.0) == []  # undecided: the next character has not come
+    cut = seg.force_split(now=0.1)
+    assert cut == (0, 13) and not seg.is_forced(cut)
+    assert seg.feed("How are you? Fine", now=5.0) == [(13, 26)]
+    for text, span in (("Wow!\" ", (0, 6)), ("Done?) ", (0, 7)), ("Para one\n\n", (0, 10))):
+        seg = LiveSegmenter(max_pending_ms=100)
+        seg.feed(text, now=0.0)
+        cut = seg.force_split(now=1.0)
+        assert cut == span and not seg.is_forced(cut), text
+
+
+def test_a_timer_cut_elsewhere_stays_forced():
+    for text, span in (("Wait... ", (0, 8)),  # an ellipsis goes on
+                       ("one two ", (0, 8)),  # no sentence mark
+                       ("It is 5 p.m. and", (0, 13))):  # decided: "." before a lowercase word
+        seg = LiveSegmenter(max_pending_ms=100)
+        seg.feed(text, now=0.0)
+        cut = seg.force_split(now=1.0)
+        assert cut == span and seg.is_forced(cut), text
+
+
+def test_a_title_and_a_pause_still_wait_for_the_name():
+    seg = LiveSegmenter(max_pending_ms=100)
+    assert seg.feed("Dr. ", now=0.0) == []
+    assert seg.force_split(now=1.0) is None  # "Dr. " alone is not spoken, as a sentence or otherwise
+    assert seg.feed("Smith is in. Then", now=2.0) == [(0, 17)]  # one sentence: "Dr. Smith is in. "
+    seg = LiveSegmenter(max_pending_ms=100)
+    seg.feed("Ask Dr. ", now=0.0)
+    cut = seg.force_split(now=1.0)
+    assert cut == (0, 4) and seg.is_forced(cut)  # before the title, and no sentence end
