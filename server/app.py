@@ -54,7 +54,7 @@ class App:
     scheduler: Scheduler
     synthesizer: Synthesizer
     health: health.aio.HealthServicer
-    metrics: Optional[Metrics] = None
+    metrics: Metrics = None  # type: ignore[assignment]  # set by start()
     stats: Optional[StatsServicer] = None
     exporter: Optional[PrometheusExporter] = None
     gpu: Optional[GpuMonitor] = None
@@ -128,32 +128,33 @@ async def _assemble(settings: Settings, voices: Optional[VoiceRegistry], server:
     voices = voices or load_voices(settings)
     pool = SessionPool(settings)
     await _load_voices(settings, voices, pool)
-    scheduler, trimmer, synthesizer = await _start_engine(settings, pool, parts)
+    metrics = Metrics(enabled=settings.metrics)
+    scheduler, trimmer, synthesizer = await _start_engine(settings, pool, metrics, parts)
     gpu = GpuMonitor()
     parts.callback(gpu.close)
-    builder = SnapshotBuilder(scheduler.metrics, scheduler, pool, synthesizer.cache, gpu, settings.enable_profiling)
+    builder = SnapshotBuilder(metrics, scheduler, pool, synthesizer.cache, gpu, settings.enable_profiling)
     exporter = await _start_exporter(settings, builder, parts)
     _start_profiling(settings, parts)
     stats = StatsServicer(builder, profiling=settings.enable_profiling)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
-        SynthesizerServicer(settings, voices, synthesizer, scheduler), server)
+        SynthesizerServicer(settings, voices, synthesizer, scheduler, metrics), server)
     stats_pb2_grpc.add_StatsServicer_to_server(stats, server)
     health_servicer = await _add_health(server)
     enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE, HEALTH_SERVICE))
     return App(server, port, settings, voices, pool, scheduler, synthesizer, health_servicer,
-               metrics=scheduler.metrics, stats=stats, exporter=exporter, gpu=gpu, trimmer=trimmer, parts=parts)
+               metrics=metrics, stats=stats, exporter=exporter, gpu=gpu, trimmer=trimmer, parts=parts)
 
 
-async def _start_engine(settings: Settings, pool: SessionPool,
+async def _start_engine(settings: Settings, pool: SessionPool, metrics: Metrics,
                         parts: AsyncExitStack) -> tuple[Scheduler, IdleTrimmer, Synthesizer]:
     """The scheduler's workers, the idle trimmer and the synthesizer (frontend thread), each stopped by `parts`."""
-    scheduler = Scheduler(settings.pool_size, settings.max_queue, Metrics(enabled=settings.metrics))
+    scheduler = Scheduler(settings.pool_size, settings.max_queue, metrics)
     await scheduler.start()
     parts.push_async_callback(scheduler.close)
     trimmer = IdleTrimmer(scheduler, pool, settings.idle_trim_s)
     trimmer.start()
     parts.push_async_callback(trimmer.stop)
-    synthesizer = Synthesizer(settings, pool, scheduler)
+    synthesizer = Synthesizer(settings, pool, scheduler, metrics)
     parts.callback(synthesizer.close)
     return scheduler, trimmer, synthesizer
 

@@ -185,9 +185,34 @@ class Settings:
                                                       "smaller = sooner audio", range=(8, 100_000))
     """Target length of a request's first inference; short = fast first audio."""
 
-    lookahead_chunks: int = setting(2, "engine", "inferences one stream may have queued or running",
-                                    range=(1, 64))
-    """Inferences one stream may have queued or running at once."""
+    lookahead_chunks: int = setting(3, "engine", "inferences (encoder segments or decoder windows) one call "
+                                                 "may have queued, running or waiting to be sent", range=(1, 64))
+    """Jobs one call may have in flight: each is a segment's encoder or one decoder window."""
+
+    decoder_windows: bool = setting(True, "engine", "run each segment's encoder once and its audio decoder in "
+                                                    "windows as they are needed (default: on; off: each "
+                                                    "segment's whole graph in one run)")
+    """Split each voice at its decoder (server/graph.py) and decode audio window by window.
+
+    Off runs each segment's whole graph as one inference (the first
+    generation's engine); voices whose graph cannot be split run whole anyway.
+    """
+
+    first_window_frames: int = setting(16, "engine", "latent frames in a turn's first decoder window (x 256 "
+                                                     "samples for Piper voices: 16 = 0.19 s at 22.05 kHz); "
+                                                     "smaller = sooner first audio", range=(1, 4096))
+    """Frames of a turn's first decoder window; each next window doubles, up to window_frames."""
+
+    window_frames: int = setting(128, "engine", "largest decoder window in latent frames; larger = less "
+                                                "overlap work, longer jobs (a new call may wait for one)",
+                                 range=(1, 65_536))
+    """Largest decoder window: each costs its own 2 x context frames of overlap."""
+
+    window_context_frames: int = setting(8, "engine", "latent frames decoded on each side of a window and "
+                                                      "dropped, so windows join seamlessly (8: 55-65 dB SNR "
+                                                      "against a whole-segment decode; 12: identical)",
+                                         range=(0, 256))
+    """Overlap on each side of a decoder window (measured: docs/ARCHITECTURE.md, Decoder windows)."""
 
     # --- memory
     cache_mb: int = setting(64, "memory", "audio cache for deterministic requests, MiB; 0 = off",

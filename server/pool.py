@@ -1,9 +1,10 @@
 """ONNX Runtime sessions for each voice: providers, session options, runs, healing.
 
-One session holds a voice's weights once (~90 MB for a medium voice); ORT's
-`run` is thread-safe and releases the GIL, so several runs share a session
-and the scheduler's slots, not the session count, set the parallelism.
-A session whose run fails (other than by cancellation) is replaced.
+One copy of a voice's model (its encoder and decoder sessions, or its whole
+graph: server/inference.py) holds the weights once (~63 MB for a medium
+voice); ORT's `run` is thread-safe and releases the GIL, so several runs
+share a copy and the scheduler's workers, not the copies, set the
+parallelism. A copy whose run fails (other than by cancellation) is replaced.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from server import graph as graph_split
 from server.config import Settings
 from server.errors import InferenceFailed, VoiceLoadError
+from server.graph import SplitGraph, WholeGraph
+from server.inference import NEUTRAL, Encoded, Scales, VoiceModel
 from server.memory import release_free_heap
 from server.voices import Voice
 
@@ -124,9 +128,9 @@ def _register_cpu_arena(settings: Settings) -> None:
 
 @dataclass
 class SessionSlot:
-    """One ORT session with its counters."""
+    """One loaded copy of a voice's model (encoder and decoder, or the whole graph), with its counters."""
 
-    session: ort.InferenceSession
+    model: VoiceModel
     index: int
     provider: str
     runs: int = 0
@@ -134,31 +138,26 @@ class SessionSlot:
     busy_s: float = 0.0
     in_flight: int = 0
     retired: bool = False
-    fail_next: bool = False  # test hook, see VoiceSessions.inject_failure
-
-
-@dataclass(frozen=True)
-class Scales:
-    """The three VITS scales, as the model takes them."""
-
-    noise_scale: float
-    length_scale: float
-    noise_w: float
-
-    def as_array(self) -> np.ndarray:
-        return np.array([self.noise_scale, self.length_scale, self.noise_w], dtype=np.float32)
 
 
 class VoiceSessions:
-    """The sessions of one voice; runs go to the least busy one."""
+    """The sessions of one voice; each run goes to the least busy copy.
+
+    A run is one encoder job (a segment's ids to its latent frames) or one
+    decoder job (a window of those frames to audio); any copy decodes what
+    any other encoded, since they hold the same weights.
+    """
 
     def __init__(self, voice: Voice, settings: Settings):
         self.voice = voice
         self._settings = settings
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        self.slots = [self._load() for _ in range(settings.sessions)]
-        self._has_sid = "sid" in {i.name for i in self.slots[0].session.get_inputs()}
+        graph = self._graph()
+        self.slots = [self._load(graph) for _ in range(settings.sessions)]
+        del graph  # the sessions hold the weights now
+        self.split = self.slots[0].model.split
+        self.hop, self.timestamps = self._probe()
         self.last_used = time.monotonic()
         """time.monotonic() of the latest run's start or end (for --voice-idle-s)."""
 
@@ -167,53 +166,99 @@ class VoiceSessions:
         """Runs on this voice's sessions now."""
         return sum(slot.in_flight for slot in self.slots)
 
-    def _load(self) -> SessionSlot:
-        available = ort.get_available_providers()
-        providers = providers_for(self._settings, available)
-        session = ort.InferenceSession(
-            str(self.voice.model_path),
-            sess_options=session_options(self._settings),
-            providers=[name for name, _ in providers],
-            provider_options=[opts for _, opts in providers],
-        )
-        active = session.get_providers()[0]
-        wanted = providers[0][0]
-        if active != wanted:
-            _LOGGER.warning("voice %s: %s failed to start, running on %s", self.voice.name, wanted, active)
-        elif self._settings.device == "auto" and active == _CPU:
-            _LOGGER.info("voice %s: no CUDA device, running on the CPU", self.voice.name)
-        return SessionSlot(session=session, index=next(self._counter), provider=active)
+    def _graph(self) -> SplitGraph | WholeGraph:
+        """The voice's graph, split at its decoder unless that is turned off or impossible."""
+        loaded = graph_split.load(str(self.voice.model_path), self._settings.decoder_windows)
+        if isinstance(loaded, WholeGraph) and self._settings.decoder_windows:
+            _LOGGER.info("voice %s runs whole, not in decoder windows: %s", self.voice.name, loaded.reason)
+        return loaded
 
-    def run(self, ids: Sequence[int], scales: Scales, speaker_id: int,
-            run_options: Optional[ort.RunOptions] = None) -> np.ndarray:
-        """Synthesize one segment; blocking, call from a worker thread. Returns float32 audio."""
+    def _load(self, graph: SplitGraph | WholeGraph) -> SessionSlot:
+        providers = providers_for(self._settings, ort.get_available_providers())
+        wanted = providers[0][0]
+
+        def make_session(model: bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(model, sess_options=session_options(self._settings),
+                                        providers=[name for name, _ in providers],
+                                        provider_options=[opts for _, opts in providers])
+
+        model = VoiceModel(graph, make_session, self._settings.window_context_frames)
+        if model.provider != wanted:
+            _LOGGER.warning("voice %s: %s failed to start, running on %s", self.voice.name, wanted, model.provider)
+        elif self._settings.device == "auto" and model.provider == _CPU:
+            _LOGGER.info("voice %s: no CUDA device, running on the CPU", self.voice.name)
+        return SessionSlot(model=model, index=next(self._counter), provider=model.provider)
+
+    def _probe(self) -> tuple[int, bool]:
+        """(hop, timestamps): audio samples per latent frame, and whether the durations are
+        usable, i.e. they account for every sample of a segment's audio."""
+        model = self.slots[0].model
+        encoded = model.encode(_filler_ids(self.voice, 8), NEUTRAL, 0)
+        if self.split:
+            samples = model.decode_all(encoded).size
+            hop = samples // encoded.frames
+            exact = samples == hop * encoded.frames
+        else:
+            samples = encoded.audio.size
+            hop = samples // encoded.frames if encoded.frames else 0
+            exact = bool(encoded.frames) and samples == hop * encoded.frames
+        timestamps = encoded.durations is not None and exact and int(encoded.durations.sum()) == encoded.frames
+        if encoded.durations is None:
+            _LOGGER.info("voice %s: timestamps unavailable (no duration tensor in the graph)", self.voice.name)
+        elif not timestamps:
+            _LOGGER.warning("voice %s: timestamps unavailable (durations do not account for the audio: "
+                            "%d samples, %d frames)", self.voice.name, samples, encoded.frames)
+        return hop, timestamps
+
+    def encode(self, ids: Sequence[int], scales: Scales, speaker_id: int,
+               run_options: Optional[ort.RunOptions] = None) -> Encoded:
+        """Encode one segment (a split voice) or synthesize it whole; blocking, call from a worker thread."""
+        return self._on_slot(lambda model, options: model.encode(ids, scales, speaker_id, options), run_options)
+
+    def decode(self, encoded: Encoded, start: int, stop: int,
+               run_options: Optional[ort.RunOptions] = None) -> np.ndarray:
+        """Audio (float32) of latent frames [start, stop) of `encoded`; blocking, from a worker thread."""
+        return self._on_slot(lambda model, options: model.decode(encoded, start, stop, self.hop, options),
+                             run_options)
+
+    def run(self, ids: Sequence[int], scales: Scales, speaker_id: int) -> np.ndarray:
+        """A whole segment's audio in one go (benchmarks, warm-up): encode, then decode every frame."""
+        encoded = self.encode(ids, scales, speaker_id)
+        return encoded.audio if encoded.audio is not None else self.decode(encoded, 0, encoded.frames)
+
+    def _on_slot(self, work, run_options: Optional[ort.RunOptions]):
+        """work(model, run_options) on the least busy copy, counted; a failure other than a
+        cancellation retires that copy for a fresh one."""
         slot = self._pick()
-        feeds = self._feeds(ids, scales, speaker_id)
+        run_options = self._maybe_shrink(slot, run_options)
+        start = time.monotonic()
+        try:
+            result = work(slot.model, run_options)
+        except Exception as exc:
+            terminated = _terminated(run_options)
+            self._after_run(slot, time.monotonic() - start, failed=not terminated)
+            if terminated:
+                raise
+            raise InferenceFailed(f"inference failed on voice {self.voice.name}: {exc}") from exc
+        self._after_run(slot, time.monotonic() - start, failed=False)
+        return result
+
+    def _maybe_shrink(self, slot: SessionSlot, run_options: Optional[ort.RunOptions]) -> Optional[ort.RunOptions]:
         every = self._settings.arena_shrink_every
         if every and slot.runs % every == every - 1:
             run_options = run_options or ort.RunOptions()
             # Give the arena's free chunks back to the OS now and then, so
             # peak RSS follows the runs in flight, not every size ever seen.
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        start = time.monotonic()
-        try:
-            if slot.fail_next:  # one attribute test when no fault is injected
-                slot.fail_next = False
-                raise RuntimeError(f"injected failure of session {slot.index} (test hook)")
-            audio = slot.session.run(None, feeds, run_options)[0]
-        except Exception as exc:
-            self._after_run(slot, time.monotonic() - start, failed=not _terminated(run_options))
-            if _terminated(run_options):
-                raise
-            raise InferenceFailed(f"inference failed on voice {self.voice.name}: {exc}") from exc
-        self._after_run(slot, time.monotonic() - start, failed=False)
-        return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)
+        return run_options
 
     def warm_up(self) -> None:
-        """One first-segment-sized run on each session, so the first call does not pay ORT's first-run set-up."""
+        """One first-segment-sized run on each copy, so the first call does not pay ORT's first-run set-up."""
         ids = _filler_ids(self.voice, 40)
         for slot in list(self.slots):
-            slot.session.run(None, self._feeds(ids, _NEUTRAL, 0))
+            encoded = slot.model.encode(ids, NEUTRAL, 0)
+            if self.split:
+                slot.model.decode(encoded, 0, min(encoded.frames, self._settings.window_frames), self.hop)
 
     def trim(self) -> None:
         """Give the arenas' free memory back to the OS (blocking; call while no run is in flight).
@@ -225,26 +270,18 @@ class VoiceSessions:
         for slot in list(self.slots):
             options = ort.RunOptions()
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-            slot.session.run(None, self._feeds(ids, _NEUTRAL, 0), options)
+            slot.model.encode(ids, NEUTRAL, 0, options)
 
     def inject_failure(self, index: int) -> None:
-        """Test hook: the next run of session `index` raises, as a failing ONNX Runtime run would.
+        """Test hook: the next run of copy `index` raises, as a failing ONNX Runtime run would.
 
-        Only tests call this (tests/test_faults.py): the call of that run gets
-        INTERNAL and the session is replaced, through the real failure path.
+        Only tests call this (tests/test_faults.py): the copy's model is wrapped
+        for one run, so runs pay nothing for the hook; the call of that run
+        gets INTERNAL and the copy is replaced, through the real failure path.
         """
         with self._lock:
-            next(s for s in self.slots if s.index == index).fail_next = True
-
-    def _feeds(self, ids, scales: Scales, speaker_id: int) -> dict:
-        feeds = {
-            "input": np.asarray(ids, dtype=np.int64)[np.newaxis, :],
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": scales.as_array(),
-        }
-        if self._has_sid:
-            feeds["sid"] = np.array([speaker_id], dtype=np.int64)
-        return feeds
+            slot = next(s for s in self.slots if s.index == index)
+            slot.model = _FailOnce(slot.model, slot)
 
     def _pick(self) -> SessionSlot:
         with self._lock:
@@ -265,14 +302,14 @@ class VoiceSessions:
             self._replace(slot)
 
     def _replace(self, broken: SessionSlot) -> None:
-        """Swap a failed session for a fresh one; runs still on the old one finish there."""
+        """Swap a failed copy for a fresh one; runs still on the old one finish there."""
         with self._lock:
             if broken.retired:
                 return
             broken.retired = True
         try:
-            fresh = self._load()
-        except Exception:  # keep serving with the old session rather than none
+            fresh = self._load(self._graph())
+        except Exception:  # keep serving with the old copy rather than none
             _LOGGER.exception("voice %s: could not reload session %d", self.voice.name, broken.index)
             broken.retired = False
             return
@@ -282,7 +319,20 @@ class VoiceSessions:
                         self.voice.name, broken.index, fresh.index)
 
 
-_NEUTRAL = Scales(noise_scale=0.0, length_scale=1.0, noise_w=0.0)
+class _FailOnce:
+    """A model whose next encode or decode raises (the inject_failure test hook), then steps aside."""
+
+    def __init__(self, model: VoiceModel, slot: SessionSlot):
+        self._model, self._slot = model, slot
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def _fail(self, *args, **kwargs):
+        self._slot.model = self._model
+        raise RuntimeError(f"injected failure of session {self._slot.index} (test hook)")
+
+    encode = decode = _fail
 
 
 def _filler_ids(voice: Voice, phonemes: int) -> list[int]:

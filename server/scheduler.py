@@ -24,9 +24,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
-import numpy as np
 import onnxruntime as ort
 
 from server.changes import Changes
@@ -35,7 +34,22 @@ from server.metrics import Metrics
 
 _LOGGER = logging.getLogger(__name__)
 
-RunFn = Callable[[ort.RunOptions], np.ndarray]
+RunFn = Callable[[ort.RunOptions], object]
+
+
+@dataclass
+class RunRecord:
+    """One inference: whose, when queued, started, due and ended (None while it runs)."""
+
+    owner: str
+    submitted: float
+    started: float
+    due: float
+    ended: Optional[float] = None
+    cancelled: Optional[float] = None
+    """When its call cancelled it while it ran (then RunOptions.terminate stopped it)."""
+    terminated: bool = False
+    """Stopped through RunOptions.terminate (its call was cancelled)."""
 
 
 @dataclass(order=True)
@@ -50,6 +64,7 @@ class Job:
     deadline: Optional[float] = field(compare=False, default=None)
     run_options: ort.RunOptions = field(compare=False, default_factory=ort.RunOptions)
     running: bool = field(compare=False, default=False)
+    record: Optional[RunRecord] = field(compare=False, default=None)  # while the run log is on
     submitted: float = field(compare=False, default=0.0)  # time.monotonic() when queued
     started: float = field(compare=False, default=0.0)  # ... when a worker took it
 
@@ -57,17 +72,10 @@ class Job:
         """Drop the job if queued; stop it if running."""
         if self.running:
             self.run_options.terminate = True
+            if self.record is not None and self.record.cancelled is None:
+                self.record.cancelled = time.monotonic()
         if not self.future.done():
             self.future.cancel()
-
-
-class RunRecord(NamedTuple):
-    """One inference as it started: whose, when queued, when started, when due."""
-
-    owner: str
-    submitted: float
-    started: float
-    due: float
 
 
 @dataclass
@@ -86,17 +94,18 @@ class Counters:
 class Scheduler:
     """Bounded admission plus an earliest-due-first queue served by `pool_size` workers."""
 
-    def __init__(self, pool_size: int, max_queue: int, metrics: Optional[Metrics] = None):
+    def __init__(self, pool_size: int, max_queue: int, metrics: Metrics):
         """:param pool_size: inferences in flight at once (one worker thread each).
         :param metrics: where queue waits and run times are recorded.
         """
         self.pool_size = pool_size
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.max_queue = max_queue
         self.active_calls = 0
         self.counters = Counters()
         self.running: dict[int, Job] = {}  # worker index -> job it runs
-        self.recent_runs: deque[RunRecord] = deque(maxlen=4096)
+        self.run_log: Optional[deque[RunRecord]] = None
+        """Every run's RunRecord while switched on by log_runs() (tests, diagnostics); None: off."""
         self._heap: list[Job] = []
         self._seq = itertools.count()
         # One release per job pushed, one acquire per job popped: a worker
@@ -124,6 +133,12 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def log_runs(self, maxlen: int = 4096) -> deque[RunRecord]:
+        """Switch on the run log (the last `maxlen` runs) and return it."""
+        if self.run_log is None:
+            self.run_log = deque(maxlen=maxlen)
+        return self.run_log
 
     def drain(self) -> None:
         """Refuse new calls (UNAVAILABLE); admitted ones carry on."""
@@ -220,17 +235,20 @@ class Scheduler:
         self.counters.runs_started += 1
         job.started = time.monotonic()
         self.metrics.record_queue_wait(job.started - job.submitted)
-        self.recent_runs.append(RunRecord(job.owner, job.submitted, job.started, job.due))
+        if self.run_log is not None:
+            job.record = RunRecord(job.owner, job.submitted, job.started, job.due)
+            self.run_log.append(job.record)
 
     def _end(self, index: int, job: Job) -> None:
         job.running = False
         del self.running[index]
         self.counters.runs_completed += 1
+        if job.record is not None:
+            job.record.ended, job.record.terminated = time.monotonic(), job.run_options.terminate
         self._changes.changed()
 
 
-
-def _timed(run: RunFn, run_options: ort.RunOptions) -> tuple[np.ndarray, float]:
+def _timed(run: RunFn, run_options: ort.RunOptions) -> tuple[object, float]:
     """run(run_options) and its duration, measured on the worker thread."""
     start = time.monotonic()
     audio = run(run_options)

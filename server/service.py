@@ -17,6 +17,7 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from server import live, transport
 from server import options as opts
+from server.live_call import LiveCall
 from server.config import Settings
 from server.encoding import OFF_LOOP_ENCODINGS, Encoding, encode_whole, stream_encoder
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
@@ -45,12 +46,12 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     """speakstream.v1.Synthesizer on top of the Synthesizer pipeline."""
 
     def __init__(self, settings: Settings, voices: VoiceRegistry,
-                 synthesizer: Synthesizer, scheduler: Scheduler):
+                 synthesizer: Synthesizer, scheduler: Scheduler, metrics: Metrics):
         self._settings = settings
         self._voices = voices
         self._synth = synthesizer
         self._scheduler = scheduler
-        self._metrics: Metrics = scheduler.metrics
+        self._metrics = metrics
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message, in any encoding."""
@@ -105,9 +106,9 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             segmenter = live.LiveSegmenter(max_ms, config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS)
             with self._scheduler.admit():
                 chunker = _ChunkWriter(options)
-                sessions = await self._synth._sessions(options)
-                session = live.LiveCall(self._synth, sessions, options, segmenter,
-                                        self._settings.max_chars, _deadline(context), request_id)
+                sessions = await self._synth.sessions(options)
+                engine = self._synth.engine(sessions, options, _deadline(context), request_id, hold_last=False)
+                session = LiveCall(engine, segmenter, self._settings.max_chars)
                 session.start(requests)
                 stream = session.pieces()
                 try:
@@ -258,6 +259,8 @@ def _encode_whole(pieces: list[AudioPiece], options: opts.SynthesisOptions) -> t
 def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:
     spans: dict[int, list[int]] = {}
     for piece in pieces:
+        if piece.span[0] == piece.span[1]:
+            continue  # the silence between two sentences
         span = spans.setdefault(piece.sentence_index, [piece.span[0], piece.span[1]])
         span[1] = max(span[1], piece.span[1])
     return [pb.TextSpan(start=s, end=e) for s, e in spans.values()]

@@ -34,8 +34,15 @@ async def app(settings):
     from server.app import start
 
     app = await start(settings)
+    app.scheduler.log_runs()  # tests count and time the inferences of their calls
     yield app
     await app.stop(grace=0)
+
+
+@pytest.fixture
+def run_log(app):
+    """The shared server's log of inference runs (server/scheduler.py RunRecord)."""
+    return app.scheduler.run_log
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ async def serving(settings):
     from speakstream.v1 import synthesizer_pb2_grpc
 
     app = await start(settings)
+    app.scheduler.log_runs()  # tests count and time the inferences of their calls
     try:
         async with grpc.aio.insecure_channel(app.address) as channel:
             yield app, synthesizer_pb2_grpc.SynthesizerStub(channel)

@@ -19,10 +19,11 @@ import pytest
 from server.__main__ import _flag_message, build_parser, parse_settings, value_type
 from server.config import GROUPS, Settings, flag, flag_of, option
 
-# The flags users have today: renaming or dropping one breaks their scripts.
+# The flags users have: renaming or dropping one breaks their scripts.
 FLAGS = frozenset({
     "--admin-token-file", "--allow-spinning", "--arena-extend", "--arena-max-extend-mb", "--arena-shrink-every",
     "--auth-token-file", "--cache-mb", "--cpu-arena", "--cuda-device-id", "--device", "--enable-profiling",
+    "--decoder-windows", "--first-window-frames", "--window-frames", "--window-context-frames",
     "--first-chunk-phonemes", "--gpu-mem-limit-mb", "--grace-s", "--host", "--idle-trim-s", "--inter-op-threads",
     "--intra-op-threads", "--keepalive-time-s", "--keepalive-timeout-s", "--log-format", "--log-level",
     "--lookahead-chunks", "--max-chars", "--max-concurrent-rpcs", "--max-connection-age-s",
@@ -30,7 +31,8 @@ FLAGS = frozenset({
     "--metrics-port", "--min-client-ping-interval-s", "--pool-size", "--port", "--preload", "--sessions",
     "--tls-cert", "--tls-client-ca", "--tls-key", "--voice", "--voice-dir", "--voice-idle-s", "--warm-up",
 })
-NEGATIONS = frozenset({"--no-allow-spinning", "--no-cpu-arena", "--no-metrics", "--no-warm-up"})
+NEGATIONS = frozenset({"--no-allow-spinning", "--no-cpu-arena", "--no-metrics", "--no-warm-up",
+                       "--no-decoder-windows"})
 
 FIELDS = dataclasses.fields(Settings)
 HINTS = typing.get_type_hints(Settings)

@@ -38,28 +38,30 @@ async def test_queue_full_gets_resource_exhausted_before_any_work(small_server):
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert app.scheduler.counters.calls_admitted == admitted  # never admitted: no work
     assert app.scheduler.counters.calls_rejected == 1
-    assert all(run.owner != "" for run in app.scheduler.recent_runs)
+    assert all(run.owner != "" for run in app.scheduler.run_log)
     holder.cancel()
 
 
-async def test_cancel_mid_stream_stops_its_inferences_and_frees_the_pool(small_server):
+async def test_cancel_mid_stream_terminates_the_running_inference_at_once(small_server):
     app, stub = small_server
     call = stub.SynthesizeStream(pb.SynthesizeRequest(text=_LONG_TEXT),
                                  metadata=(("x-request-id", "cancel-me"),), timeout=_TIMEOUT)
-    received = 0
-    async for _ in call:
-        received += 1
-        if received == 2:
-            break
+    await asyncio.wait_for(call.read(), _TIMEOUT)  # the first window is out
+    log = app.scheduler.run_log
+    # Cancel while one of the call's later inferences (of its second segment or after) runs.
+    await asyncio.wait_for(app.scheduler.wait_until(
+        lambda: any(job.owner == "cancel-me" for job in app.scheduler.running.values())
+        and sum(1 for run in log if run.owner == "cancel-me") >= 3), _TIMEOUT)
     call.cancel()
     await asyncio.wait_for(app.scheduler.wait_idle(), _TIMEOUT)
-    runs = sum(1 for run in app.scheduler.recent_runs if run.owner == "cancel-me")
-    segments = len(list(app.synthesizer._frontend.segments(_LONG_TEXT, app.voices.default.config)))
-    assert segments > 40
-    # What ran: the chunks received plus at most the look-ahead, nothing after.
-    assert runs <= received + app.settings.lookahead_chunks
-    assert app.scheduler.running == {} and app.scheduler.queue_depth == 0 or all(
-        j.future.done() for j in app.scheduler._heap)
+    runs = [run for run in log if run.owner == "cancel-me"]
+    stopped = [run for run in runs if run.cancelled is not None]
+    # The inference running at the cancel was terminated, and ended within 20 ms of it
+    # (ONNX Runtime checks the flag between nodes); nothing of the call ran afterwards.
+    assert len(stopped) == 1 and stopped[0].terminated, runs
+    assert stopped[0].ended - stopped[0].cancelled <= 0.020, stopped
+    assert all(run.started <= stopped[0].cancelled for run in runs)
+    assert app.scheduler.running == {} and all(j.future.done() for j in app.scheduler._heap)
     sessions = app.pool.loaded(app.voices.default)
     assert all(slot.in_flight == 0 for slot in sessions.slots)
     # The slot is usable again at once.
@@ -87,7 +89,7 @@ async def test_short_requests_are_not_starved_by_a_long_stream(app, stub):
         short = stub.SynthesizeStream(pb.SynthesizeRequest(text="A short reply."),
                                       metadata=(("x-request-id", short_id),), timeout=_TIMEOUT)
         await asyncio.wait_for(short.read(), _TIMEOUT)
-        runs = list(app.scheduler.recent_runs)
+        runs = list(app.scheduler.run_log)
         first = next(run for run in runs if run.owner == short_id)
         overtaking = [run for run in runs
                       if run.owner == "long" and first.submitted <= run.started < first.started]
@@ -110,9 +112,9 @@ async def test_segment_seams_do_not_click(stub):
     pieces = [np.frombuffer(c.audio, dtype="<f4") for c in chunks]
     inside = max(np.max(np.abs(np.diff(p))) for p in pieces)
     seams = [abs(float(b[0]) - float(a[-1])) for a, b in zip(pieces, pieces[1:])]
+    # Chunks join segments (cut at words) and decoder windows (cut anywhere, even
+    # mid-vowel): no join jumps more than the audio does from one sample to the next.
     assert max(seams) <= inside
-    # Segments start and end near silence, so a join cannot jump.
-    assert all(abs(p[0]) < 0.05 and abs(p[-1]) < 0.05 for p in pieces)
 
 
 def test_cpu_device_uses_only_the_cpu_provider():

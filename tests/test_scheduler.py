@@ -11,6 +11,7 @@ import time
 import pytest
 
 from server.errors import DeadlineExceeded, Overloaded, Unavailable
+from server.metrics import Metrics
 from server.scheduler import Scheduler
 
 _TIMEOUT = 10
@@ -18,7 +19,7 @@ _TIMEOUT = 10
 
 @pytest.fixture
 async def scheduler():
-    scheduler = Scheduler(pool_size=1, max_queue=2)
+    scheduler = Scheduler(pool_size=1, max_queue=2, metrics=Metrics())
     await scheduler.start()
     yield scheduler
     await scheduler.close()

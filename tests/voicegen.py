@@ -1,11 +1,19 @@
-"""A tiny Piper-shaped ONNX voice, built with the onnx helper API, for tests.
+"""Tiny Piper-shaped ONNX voices, built with the onnx helper API, for tests.
 
 Same inputs and output as a Piper VITS voice (input int64 [1, N],
 input_lengths int64 [1], scales float32 [3], optional sid int64 [1];
-output float32 [1, 1, T]), but T = N × SAMPLES_PER_ID and each phoneme id
-gives a short sine whose pitch depends on the id and the speaker, so
-different speakers give different audio, deterministically. Its config is
-the bundled voice's (same phonemes and espeak voice) with speakers changed.
+output float32 [1, 1, T]). Their config is the bundled voice's (same
+phonemes and espeak voice) with speakers changed. Two shapes:
+
+- `write_voice`: T = N × SAMPLES_PER_ID, each phoneme id a short sine whose
+  pitch depends on the id and the speaker, so speakers differ,
+  deterministically. It has no decoder to split off and no durations: it
+  runs whole, without timestamps.
+- `write_vits_voice`: VITS's shape in miniature: a duration (Ceil) of
+  FRAMES_PER_ID frames per id, the ids expanded to latent frames z, and a
+  decoder (a convolution, the speaker's conditioning added, an upsampling
+  ConvTranspose of VITS_HOP samples per frame, tanh), so the server splits
+  it as it splits a real Piper voice.
 """
 
 from __future__ import annotations
@@ -30,6 +38,85 @@ def write_voice(directory: Path, name: str, speakers: dict[str, int] | None = No
     config["speaker_id_map"] = dict(speakers or {})
     model_path.with_name(model_path.name + ".json").write_text(json.dumps(config), encoding="utf-8")
     return model_path
+
+
+def write_vits_voice(directory: Path, name: str, speakers: dict[str, int] | None = None) -> Path:
+    """As write_voice, but VITS-shaped: splittable at its decoder, with durations."""
+    model_path = directory / f"{name}.onnx"
+    onnx.save(_vits_model(len(speakers) if speakers else 0), str(model_path))
+    config = json.loads(_bundled_config_path().read_text(encoding="utf-8"))
+    config["num_speakers"] = len(speakers) if speakers else 1
+    config["speaker_id_map"] = dict(speakers or {})
+    model_path.with_name(model_path.name + ".json").write_text(json.dumps(config), encoding="utf-8")
+    return model_path
+
+
+FRAMES_PER_ID = 2
+VITS_HOP = 8
+_CHANNELS, _HIDDEN = 6, 4
+
+
+def _vits_model(speakers: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+
+    def weights(name, *shape):
+        return numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Cast", ["input"], ["ids"], to=TensorProto.FLOAT),
+        # The duration predictor: FRAMES_PER_ID frames per id, rounded up as VITS does.
+        helper.make_node("Mul", ["ids", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "frames_per_id"], ["raw_durations"]),
+        helper.make_node("Ceil", ["raw_durations"], ["durations"]),
+        # Expand each id to its frames, then to channels: z [1, C, N x FRAMES_PER_ID].
+        helper.make_node("Unsqueeze", ["ids", "axis2"], ["ids3"]),
+        helper.make_node("Tile", ["ids3", "repeat_frames"], ["framed"]),
+        helper.make_node("Reshape", ["framed", "row_shape"], ["row"]),
+        helper.make_node("Mul", ["row", "channel_gain"], ["wide"]),
+        helper.make_node("Sin", ["wide"], ["z"]),
+        # The decoder: conv_pre (+ the speaker's conditioning), upsampling, tanh.
+        helper.make_node("Conv", ["z", "pre_w", "pre_b"], ["pre"], pads=[1, 1]),
+    ]
+    if speakers:
+        nodes += [
+            helper.make_node("Gather", ["speaker_table", "sid"], ["speaker_row"]),
+            helper.make_node("Unsqueeze", ["speaker_row", "axis2"], ["g"]),
+            helper.make_node("Conv", ["g", "cond_w"], ["cond"]),
+            helper.make_node("Add", ["pre", "cond"], ["conditioned"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["pre"], ["conditioned"]))
+    nodes += [
+        helper.make_node("LeakyRelu", ["conditioned"], ["activated"], alpha=0.1),
+        helper.make_node("ConvTranspose", ["activated", "up_w"], ["up"], strides=[VITS_HOP]),
+        helper.make_node("Tanh", ["up"], ["output"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.INT64, [1, "phonemes"]),
+        helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(float(FRAMES_PER_ID), np.float32), "frames_per_id"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1, 1, FRAMES_PER_ID], np.int64), "repeat_frames"),
+        numpy_helper.from_array(np.array([1, 1, -1], np.int64), "row_shape"),
+        numpy_helper.from_array(np.linspace(0.01, 0.05, _CHANNELS, dtype=np.float32).reshape(1, -1, 1),
+                                "channel_gain"),
+        weights("pre_w", _HIDDEN, _CHANNELS, 3), weights("pre_b", _HIDDEN),
+        weights("up_w", _HIDDEN, 1, VITS_HOP),
+    ]
+    if speakers:
+        inputs.append(helper.make_tensor_value_info("sid", TensorProto.INT64, [1]))
+        constants += [weights("speaker_table", speakers, _HIDDEN), weights("cond_w", _HIDDEN, _HIDDEN, 1)]
+    graph = helper.make_graph(nodes, "tiny_vits", inputs,
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, "samples"])],
+                              initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def _bundled_config_path() -> Path:

@@ -1,0 +1,409 @@
+"""The call engine: text spans in, ordered audio pieces out. Every door's calls run here.
+
+A call (one SynthesizeStream, Synthesize or SynthesizeLive, or any other
+door's) is a `CallEngine`. Its owner hands it spans of text to speak
+(`speak`): a request's sentences all at once, or a live call's sentences
+as they complete. The engine
+
+1. phonemizes each span on the frontend thread into segments (a span's
+   first segment cut short when it starts a turn: sooner first audio);
+2. runs each segment's encoder as one scheduler job (ids -> latent frames
+   and durations), then decodes the frames in windows, each window a job
+   of its own: the first window of a turn small (first audio), later ones
+   larger (throughput). Voices that run whole have one job per segment;
+3. gives out the windows' audio in order (`pieces`), with the silence
+   between sentences as a piece of its own.
+
+Every job has a due time: when the audio before it will have played out,
+counted from the start of its turn (estimated from a rate of seconds per
+phoneme, refined by each encoded segment's real length), so the scheduler
+runs whatever a listener will need soonest, across all calls. At most
+`lookahead_chunks` jobs of a call are queued, running or waiting to be
+given out. Leaving (`cancel_all`), a clear (`cancel_turn`) or a deadline
+stops every queued and running job of what was cancelled: the engine keeps
+each job until it settles, so a running inference is terminated, not left
+to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Optional
+
+import numpy as np
+
+from server.changes import Changes
+from server.errors import InvalidArgument
+from server.frontend import Segment
+from server.inference import Encoded
+from server.options import SynthesisOptions
+from server.pool import VoiceSessions
+from server.scheduler import Job
+
+if TYPE_CHECKING:
+    from server.synthesis import Synthesizer
+
+Span = tuple[int, int]
+
+# Audio per phoneme at speed 1 before a call has encoded anything: the due
+# time of segments not yet encoded; each encoded segment corrects it.
+_SECONDS_PER_PHONEME = 0.065
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """Audio (float32, mono, the voice's rate) with the text it speaks."""
+
+    audio: np.ndarray
+    span: Span
+    sentence_index: int
+    final: bool = False
+    """The call's last piece."""
+
+
+class Turn:
+    """Spans spoken one after another and cancelled together (a request, or a live turn)."""
+
+    def __init__(self, context_id: str = ""):
+        self.context_id = context_id
+        self.cancelled = False
+
+
+@dataclass(frozen=True)
+class SpanRequest:
+    """One span of `text` for the engine to speak."""
+
+    text: str
+    """Normalized text the span indexes (a live call's text so far)."""
+    span: Span
+    turn: Turn
+    first_of_turn: bool = False
+    """Cut its first segment short and count due times afresh from now."""
+    ends_sentence: bool = True
+    """False for a live call's forced cut: no silence after it, the sentence goes on."""
+
+
+@dataclass
+class _Window:
+    start: int
+    stop: int
+    job: Optional[Job] = None
+    audio: Optional[np.ndarray] = None  # set when ready without a job (cache, whole-graph voice)
+
+
+@dataclass
+class _Work:
+    """One segment on its way: encoder job, then window jobs, then given out."""
+
+    segment: Segment
+    turn: Turn
+    first_of_turn: bool
+    due: float
+    estimate_s: float
+    epoch: int
+    """Which due-time clock its estimate was counted on (a new turn restarts the clock)."""
+    cache_key: Optional[tuple] = None
+    encode_job: Optional[Job] = None
+    encoded: Optional[Encoded] = None
+    planned: bool = False
+    """Its windows are known (from the cache, or once encoded); `windows` holds those not yet given out."""
+    windows: list[_Window] = field(default_factory=list)
+    done: list[np.ndarray] = field(default_factory=list)  # audio given out, kept only to cache it
+
+
+class CallEngine:
+    """One call's synthesis: spans in (`speak`), audio pieces out (`pieces`)."""
+
+    def __init__(self, synth: Synthesizer, sessions: VoiceSessions, options: SynthesisOptions,
+                 deadline: Optional[float] = None, owner: str = "", hold_last: bool = True):
+        """:param deadline: time.monotonic() after which queued work is dropped.
+        :param owner: the request id, shown with the call's inferences.
+        :param hold_last: wait before giving out the last known piece until it is known
+            whether more follow, so the last audio piece carries `final` (a request's
+            whole text); False: give it out at once and end with an empty final piece
+            (a live call, whose next text may be seconds away).
+        """
+        self._synth, self._sessions, self._options = synth, sessions, options
+        self._deadline, self._owner, self._hold_last = deadline, owner, hold_last
+        settings = synth.settings
+        self._lookahead = settings.lookahead_chunks
+        self._windows = (settings.first_window_frames, settings.window_frames)
+        self._spans: deque[SpanRequest] = deque()
+        self._works: deque[_Work] = deque()
+        self._closed = False
+        self._error: Optional[BaseException] = None
+        self._changes = Changes()
+        self._producer: Optional[asyncio.Task] = None
+        self._busy = False  # the producer is phonemizing a span
+        self._clock = time.monotonic()
+        self._epoch = 0
+        self._audio_ahead_s = 0.0
+        self._phonemes_encoded = 0
+        self._seconds_encoded = 0.0
+        self._next_index = 0
+        self._open_sentence = False
+        self._silence = np.zeros(round(options.sentence_silence_s * options.sample_rate), np.float32)
+        self._pieces_out = 0
+
+    # -- the owner's side ---------------------------------------------------
+
+    def speak(self, request: SpanRequest) -> None:
+        """Queue a span; it is spoken after every span queued before it."""
+        if self._producer is None:
+            self._producer = asyncio.create_task(self._produce(), name=f"engine-{self._owner}")
+        self._spans.append(request)
+        self._changes.changed()
+
+    def close(self) -> None:
+        """No more spans: the call ends once the queued ones are spoken."""
+        self._closed = True
+        self._changes.changed()
+
+    def cancel_turn(self, turn: Turn) -> None:
+        """Drop `turn`'s pending spans and stop its queued and running jobs; its audio
+        will not play, so due times count afresh."""
+        turn.cancelled = True
+        self._spans = deque(r for r in self._spans if r.turn is not turn)
+        for work in [w for w in self._works if w.turn is turn]:
+            self._works.remove(work)
+            _cancel(work)
+        self._clock, self._audio_ahead_s, self._epoch = time.monotonic(), 0.0, self._epoch + 1
+        self._changes.changed()
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with `error` (raised by pieces()), e.g. a bad message from the client."""
+        self._error = error
+        self._changes.changed()
+
+    def cancel_all(self) -> None:
+        """Stop everything: the producer and every queued or running job of the call."""
+        if self._producer is not None:
+            self._producer.cancel()
+        self._spans.clear()
+        while self._works:
+            _cancel(self._works.popleft())
+
+    def playing_until(self) -> Optional[float]:
+        """When the audio of the current turn queued so far would have played out
+        (estimated as for due times); None before the turn has any."""
+        return self._clock + self._audio_ahead_s if self._audio_ahead_s else None
+
+    async def pieces(self) -> AsyncIterator[AudioPiece]:
+        """Audio pieces in order; the last has `final` (after close())."""
+        last_span, last_index, silence_due = (0, 0), 0, False
+        while True:
+            await self._changes.wait_until(self._has_news)
+            if self._error is not None:
+                raise self._error
+            if not self._works:
+                if self._hold_last and not self._pieces_out:
+                    # Letters espeak-ng has no phonemes for (check_text lets them through).
+                    raise InvalidArgument("text", "contains nothing speakable (no phonemes)")
+                yield AudioPiece(np.zeros(0, np.float32), (last_span[1], last_span[1]), last_index, final=True)
+                return
+            work = self._works[0]
+            async for audio, last in self._work_audio(work):
+                if silence_due and self._silence.size:
+                    self._pieces_out += 1
+                    yield AudioPiece(self._silence, (last_span[1], last_span[1]), work.segment.sentence_index)
+                silence_due, final = False, False
+                if last:
+                    self._finished(work)
+                    if self._hold_last:
+                        await self._changes.wait_until(self._has_news)
+                        final = not self._works and self._ended()
+                last_span, last_index = work.segment.span, work.segment.sentence_index
+                self._pieces_out += 1
+                yield AudioPiece(audio, work.segment.span, work.segment.sentence_index, final)
+                if final:
+                    return
+            silence_due = work.segment.ends_sentence and not work.turn.cancelled
+
+    # -- giving out -----------------------------------------------------------
+
+    def _has_news(self) -> bool:
+        return self._error is not None or bool(self._works) or self._ended()
+
+    def _ended(self) -> bool:
+        return self._closed and not self._spans and not self._busy
+
+    async def _work_audio(self, work: _Work) -> AsyncIterator[tuple[np.ndarray, bool]]:
+        """(audio, last) of each window of `work`, in order, as they are ready; nothing
+        more once its turn is cancelled (cancel_turn has dropped it then)."""
+        if work.encode_job is not None:
+            await asyncio.wait({work.encode_job.future})
+            if work.turn.cancelled:
+                return
+            work.encode_job.future.result()  # the inference's error: deadline, failure
+        while work.windows:
+            window = work.windows[0]
+            if window.audio is None:
+                self._top_up()
+                if window.job is None:  # later segments' encoders hold the budget: this one is wanted now
+                    self._submit_window(work, window)
+                await asyncio.wait({window.job.future})
+                if work.turn.cancelled:
+                    return
+                window.audio = window.job.future.result()
+                self._synth.metrics.record_synthesized(window.audio.size, self._options.sample_rate)
+            work.windows.pop(0)
+            if work.cache_key is not None:
+                work.done.append(window.audio)
+                if not work.windows:
+                    self._synth.cache.put(work.cache_key, np.concatenate(work.done))
+            self._top_up()
+            yield window.audio, not work.windows
+
+    def _finished(self, work: _Work) -> None:
+        """`work` is given out entirely: make room for the next jobs."""
+        if self._works and self._works[0] is work:
+            self._works.popleft()
+        self._top_up()
+        self._changes.changed()  # the producer may phonemize the next span now
+
+    # -- producing --------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        """Phonemize queued spans into works, a couple of segments ahead of the encoders."""
+        try:
+            while True:
+                await self._changes.wait_until(lambda: self._spans and len(self._works) < 2)
+                request = self._spans.popleft()
+                self._busy = True
+                try:
+                    segments = await self._synth.phonemize(request, self._index_for(request), self._options)
+                finally:
+                    self._busy = False
+                if not request.turn.cancelled:
+                    self._add_works(request, segments)
+                self._changes.changed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - given to the consumer, which raises it
+            self._error = exc
+            self._changes.changed()
+
+    def _index_for(self, request: SpanRequest) -> int:
+        """Sentence index of the span's segments: a new turn never continues a sentence
+        cut off mid-way; a forced cut's rest keeps its sentence's index."""
+        return self._next_index + (1 if request.first_of_turn and self._open_sentence else 0)
+
+    def _add_works(self, request: SpanRequest, segments: list[Segment]) -> None:
+        if not segments:
+            return
+        index = segments[0].sentence_index
+        if not request.ends_sentence:
+            segments[-1] = dataclasses.replace(segments[-1], ends_sentence=False)
+        self._next_index = index + 1 if request.ends_sentence else index
+        self._open_sentence = not request.ends_sentence
+        if request.first_of_turn:
+            self._clock, self._audio_ahead_s, self._epoch = time.monotonic(), 0.0, self._epoch + 1
+        for n, segment in enumerate(segments):
+            self._works.append(self._work(segment, request.turn, first_of_turn=request.first_of_turn and n == 0))
+        self._top_up()
+
+    def _work(self, segment: Segment, turn: Turn, first_of_turn: bool) -> _Work:
+        estimate = len(segment.phonemes) * self._seconds_per_phoneme()
+        work = _Work(segment, turn, first_of_turn, due=self._clock + self._audio_ahead_s,
+                     estimate_s=estimate, epoch=self._epoch)
+        self._audio_ahead_s += estimate
+        options, cache = self._options, self._synth.cache
+        if options.deterministic and cache.max_bytes:
+            key = (options.voice.name, segment.ids, options.speaker_id, options.scales.length_scale)
+            cached = cache.get(key)
+            if cached is not None:
+                work.windows, work.planned = [_Window(0, 0, audio=cached)], True
+            else:
+                work.cache_key = key
+        return work
+
+    def _seconds_per_phoneme(self) -> float:
+        if self._phonemes_encoded:
+            return self._seconds_encoded / self._phonemes_encoded
+        return _SECONDS_PER_PHONEME * self._options.scales.length_scale
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Submit jobs in speaking order while fewer than `lookahead` are in flight."""
+        budget = self._lookahead - sum(_in_flight(w) for w in self._works)
+        for work in self._works:
+            if budget <= 0:
+                return
+            if work.encode_job is None and not work.planned:
+                self._submit_encode(work)
+                budget -= 1
+            for window in work.windows:
+                if budget <= 0:
+                    return
+                if window.job is None and window.audio is None:
+                    self._submit_window(work, window)
+                    budget -= 1
+
+    def _submit_encode(self, work: _Work) -> None:
+        sessions, options, ids = self._sessions, self._options, work.segment.ids
+        work.encode_job = self._synth.scheduler.submit(
+            lambda run_options: sessions.encode(ids, options.scales, options.speaker_id, run_options),
+            due=work.due, deadline=self._deadline, owner=self._owner)
+        work.encode_job.future.add_done_callback(lambda future: self._encoded(work, future))
+
+    def _encoded(self, work: _Work, future: asyncio.Future) -> None:
+        """Plan the windows of a segment whose encoder finished; correct the rate estimate."""
+        if future.cancelled() or future.exception() is not None:
+            self._changes.changed()
+            return
+        encoded: Encoded = future.result()
+        work.encoded, work.planned = encoded, True
+        if encoded.audio is not None:
+            audio_s = encoded.audio.size / self._options.sample_rate
+            work.windows = [_Window(0, encoded.frames, audio=encoded.audio)]
+        else:
+            audio_s = encoded.frames * self._sessions.hop / self._options.sample_rate
+            first = self._windows[0] if work.first_of_turn else self._windows[1]
+            work.windows = [_Window(a, b) for a, b in plan_windows(encoded.frames, first, self._windows[1])]
+        self._phonemes_encoded += len(work.segment.phonemes)
+        self._seconds_encoded += audio_s
+        if work.epoch == self._epoch:
+            self._audio_ahead_s += audio_s - work.estimate_s
+        self._top_up()
+        self._changes.changed()
+
+    def _submit_window(self, work: _Work, window: _Window) -> None:
+        sessions, encoded = self._sessions, work.encoded
+        offset_s = window.start * sessions.hop / self._options.sample_rate
+        window.job = self._synth.scheduler.submit(
+            lambda run_options: sessions.decode(encoded, window.start, window.stop, run_options),
+            due=work.due + offset_s, deadline=self._deadline, owner=self._owner)
+
+
+def plan_windows(frames: int, first: int, largest: int) -> list[tuple[int, int]]:
+    """Windows [start, stop) covering `frames`: the first `first` frames long, each next
+    one twice the last up to `largest`; a remainder under half a window joins the last."""
+    windows, start, size = [], 0, max(1, first)
+    while start < frames:
+        stop = min(frames, start + size)
+        if frames - stop < size // 2:
+            stop = frames
+        windows.append((start, stop))
+        start, size = stop, min(largest, size * 2)
+    return windows
+
+
+def _in_flight(work: _Work) -> int:
+    """Jobs of `work` submitted and not yet given out (the encoder until it finishes)."""
+    count = 1 if work.encode_job is not None and not work.encode_job.future.done() else 0
+    return count + sum(1 for w in work.windows if w.job is not None)
+
+
+def _cancel(work: _Work) -> None:
+    """Stop the work's queued and running jobs."""
+    if work.encode_job is not None:
+        work.encode_job.cancel()
+    for window in work.windows:
+        if window.job is not None:
+            window.job.cancel()
+

@@ -1,0 +1,179 @@
+"""A Piper (VITS) voice graph split where its audio decoder begins, found by structure.
+
+A VITS graph runs, in one call: the text encoder and duration predictor (on
+phoneme ids), the flow (on latent frames) and the HiFi-GAN decoder (latent
+frames -> audio, hop samples per frame). The decoder is two thirds of the
+compute and purely convolutional, so it can run on windows of latent frames
+as they are needed, while the rest runs once per segment. At load time the
+graph is cut at the decoder's input into:
+
+- an encoder graph: the voice's inputs -> the latent z [1, C, frames], the
+  per-id durations in frames (when the graph has them) and, for
+  multi-speaker voices, the speaker embedding g the decoder is conditioned on;
+- a decoder graph: a window of z (and g) -> its audio.
+
+The decoder is recognised by what it is, not by node names: the first
+upsampling (ConvTranspose) node, reached backwards through element-wise
+activations, sums and products to the convolution that starts the decoder
+("conv_pre"); that convolution's input is z, and any other input of the
+decoder (the speaker conditioning) is a tensor that does not depend on the
+text. The durations are the output of the graph's one Ceil node (the
+duration predictor's frames per id, rounded up as VITS does before it
+expands the ids into frames). A graph with neither shape runs whole.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import onnx
+from onnx import helper
+
+# Ops a value passes through unchanged in kind between conv_pre and the first
+# upsampling: the activation, and the sum with the speaker conditioning.
+_PASS_THROUGH = frozenset({"LeakyRelu", "Relu", "Add", "Mul", "Identity"})
+_TEXT_INPUT = "input"
+
+
+class NotSplittable(Exception):
+    """The graph has no recognisable decoder; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class SplitGraph:
+    """The two graphs of a split voice, serialized for ONNX Runtime, and their tensor names."""
+
+    encoder: bytes
+    decoder: bytes
+    latent: str
+    """Encoder output and decoder input: z, [1, channels, frames]."""
+    speaker: Optional[str]
+    """Encoder output and decoder input conditioning the decoder on the speaker (None: single speaker)."""
+    durations: Optional[str]
+    """Encoder output: frames per phoneme id (None: the graph has no duration tensor)."""
+
+
+@dataclass(frozen=True)
+class WholeGraph:
+    """A voice that runs as one graph, with its durations exposed when it has them."""
+
+    model: bytes
+    durations: Optional[str]
+    reason: str
+    """Why the graph was not split."""
+
+
+def load(model_path: str, split_decoder: bool = True) -> SplitGraph | WholeGraph:
+    """Split the voice at `model_path` (unless `split_decoder` is False), or return it
+    whole with the reason it was not split; durations are exposed either way."""
+    model = onnx.load(model_path)
+    durations = find_durations(model.graph)
+    try:
+        if not split_decoder:
+            raise NotSplittable("decoder windows are turned off (--no-decoder-windows)")
+        latent, speaker = find_decoder_input(model.graph)
+    except NotSplittable as exc:
+        return WholeGraph(_with_outputs(model, [durations] if durations else []), durations, str(exc))
+    return split(model, latent, speaker, durations)
+
+
+def split(model: onnx.ModelProto, latent: str, speaker: Optional[str],
+          durations: Optional[str]) -> SplitGraph:
+    """Cut `model` at `latent` (and `speaker`) into an encoder and a decoder graph."""
+    graph_inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output][:1]
+    known = {v.name for v in model.graph.value_info}
+    if not {latent, speaker, durations} - {None} <= known:
+        # The extractor needs the cut tensors' types; exporters usually record them.
+        model = onnx.shape_inference.infer_shapes(model)
+    extractor = onnx.utils.Extractor(model)
+    extras = [speaker] if speaker else []
+    encoder = extractor.extract_model(graph_inputs, [latent, *([durations] if durations else []), *extras])
+    decoder = extractor.extract_model([latent, *extras], outputs)
+    return SplitGraph(encoder.SerializeToString(), decoder.SerializeToString(), latent, speaker, durations)
+
+
+def find_decoder_input(graph: onnx.GraphProto) -> tuple[str, Optional[str]]:
+    """(z, g): the decoder's latent input and its speaker input (None for one speaker).
+
+    :raises NotSplittable: no upsampling node, no convolution before it, or a
+        decoder that reads more of the text than z.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    textual = _computed_from(graph, _TEXT_INPUT)
+    first_up = next((n for n in graph.node if n.op_type == "ConvTranspose"), None)
+    if first_up is None:
+        raise NotSplittable("no upsampling (ConvTranspose) node, so no audio decoder to run in windows")
+    latent = _conv_before(first_up.input[0], producers, textual).input[0]
+    outside = _decoder_inputs(graph, producers, latent)
+    text_fed = [t for t in outside if t in textual]
+    if text_fed:
+        raise NotSplittable(f"the decoder reads {text_fed[0]!r} besides its latent input {latent!r}")
+    if len(outside) > 1:
+        raise NotSplittable(f"the decoder has several conditioning inputs: {outside}")
+    return latent, (outside[0] if outside else None)
+
+
+def _conv_before(tensor: str, producers: dict, textual: set[str]) -> onnx.NodeProto:
+    """The convolution that starts the decoder: walked back from the first upsampling's
+    input through pass-through ops, following the one branch that carries the text."""
+    node = producers.get(tensor)
+    while node is not None and node.op_type in _PASS_THROUGH:
+        branches = [t for t in node.input if t in textual]
+        if len(branches) != 1:
+            raise NotSplittable(f"{node.op_type} node {node.name!r} before the first upsampling "
+                                f"mixes {len(branches)} text-dependent inputs")
+        node = producers.get(branches[0])
+    if node is None or node.op_type != "Conv":
+        raise NotSplittable("no convolution starts the decoder before its first upsampling")
+    return node
+
+
+def _decoder_inputs(graph: onnx.GraphProto, producers: dict, latent: str) -> list[str]:
+    """Tensors the decoder (what the audio output needs, back to `latent`) takes from
+    outside itself: graph inputs or values computed without `latent`, other than
+    initializers and constants, which go with whichever graph needs them."""
+    initializers = {i.name for i in graph.initializer}
+    in_decoder = _computed_from(graph, latent)
+    needed: list[str] = []
+    queue, seen = deque(o.name for o in graph.output[:1]), {latent}
+    while queue:
+        tensor = queue.popleft()
+        if tensor in seen or tensor in initializers or not tensor:
+            continue
+        seen.add(tensor)
+        node = producers.get(tensor)
+        if tensor in in_decoder:
+            queue.extend(node.input)
+        elif node is None or node.input:  # a graph input, or a value computed before the decoder
+            needed.append(tensor)
+    return needed
+
+
+def _computed_from(graph: onnx.GraphProto, source: str) -> set[str]:
+    """Every tensor computed (directly or not) from `source`; ONNX keeps nodes in
+    topological order, so one pass finds them."""
+    reached = {source}
+    for node in graph.node:
+        if any(t in reached for t in node.input):
+            reached.update(node.output)
+    return reached
+
+
+def find_durations(graph: onnx.GraphProto) -> Optional[str]:
+    """The duration predictor's frames per id: the output of the graph's only Ceil node
+    computed from the text (VITS rounds durations up before expanding ids to frames)."""
+    textual = _computed_from(graph, _TEXT_INPUT)
+    ceils = [n for n in graph.node if n.op_type == "Ceil" and n.output[0] in textual]
+    return ceils[0].output[0] if len(ceils) == 1 else None
+
+
+def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> bytes:
+    """`model` serialized with `names` added as graph outputs (after the audio)."""
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
