@@ -10,7 +10,6 @@ import uuid
 from typing import AsyncIterator, Optional
 
 import grpc
-import numpy as np
 
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -19,10 +18,10 @@ from server import live, transport
 from server import options as opts
 from server.live_call import LiveCall
 from server.config import Settings
-from server.encoding import OFF_LOOP_ENCODINGS, Encoding, encode_whole, stream_encoder
+from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.metrics import CallRecord, Metrics
-from server.resample import StreamResampler, resample
+from server.output import ChunkWriter, OutputChunk, encode_pieces
 from server.scheduler import Scheduler
 from server.synthesis import AudioPiece, Synthesizer
 from server.voices import VoiceRegistry
@@ -64,7 +63,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     call.audio(piece.audio.size, options.sample_rate)
                     pieces.append(piece)
             # Resampling and encoding the whole text is CPU work of up to ~1 s (Opus): off the loop.
-            audio, encoded = await asyncio.get_running_loop().run_in_executor(None, _encode_whole, pieces, options)
+            audio, encoded = await asyncio.get_running_loop().run_in_executor(None, encode_pieces, pieces, options)
             limit = transport.max_response_bytes(self._settings)
             if len(encoded) > limit:
                 raise TooLarge("audio", f"{len(encoded)} bytes is more than one response may carry "
@@ -83,13 +82,13 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             request_id = call.request_id = await _start_call(context)
             options = self._options(request, call)
             with self._scheduler.admit():
-                chunker = _ChunkWriter(options)
+                chunker = ChunkWriter(options)
                 stream = self._synth.stream(options, _deadline(context), request_id)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         async for chunk in chunker.chunks(piece):
                             call.audio(chunk.num_samples, options.client_rate)
-                            yield chunk
+                            yield _chunk_proto(chunk, options)
 
     async def SynthesizeLive(self, request_iterator, context) -> AsyncIterator[pb.AudioChunk]:
         """Text in pieces in, audio chunks out (server/live.py)."""
@@ -105,7 +104,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             opts.check_range("max_pending_ms", max_ms, (50, 10_000))
             segmenter = live.LiveSegmenter(max_ms, config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS)
             with self._scheduler.admit():
-                chunker = _ChunkWriter(options)
+                chunker = ChunkWriter(options)
                 sessions = await self._synth.sessions(options)
                 engine = self._synth.engine(sessions, options, _deadline(context), request_id, hold_last=False)
                 session = LiveCall(engine, segmenter, self._settings.max_chars)
@@ -116,7 +115,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                         async for piece in stream:
                             async for chunk in chunker.chunks(piece):
                                 call.audio(chunk.num_samples, options.client_rate)
-                                yield chunk
+                                yield _chunk_proto(chunk, options)
                 finally:
                     session.cancel_all()
                     call.characters = segmenter.offset
@@ -152,60 +151,6 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             chunk_ms=opts.check_chunk_ms(request.chunk_ms),
             output_rate=opts.check_sample_rate(voice, encoding, request.sample_rate_hz),
         )
-
-
-class _ChunkWriter:
-    """Turns audio pieces into AudioChunk messages with running offsets.
-
-    Owns the call's resampler and encoder, whose state runs from one chunk
-    to the next; the final piece flushes both.
-    """
-
-    def __init__(self, options: opts.SynthesisOptions):
-        self._options = options
-        self._sequence = 0
-        self._offset = 0
-        rate = options.client_rate
-        self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
-        self._resampler = StreamResampler(options.sample_rate, rate)
-        self._encoder = stream_encoder(options.encoding, rate)
-        self._off_loop = options.encoding in OFF_LOOP_ENCODINGS
-
-    async def chunks(self, piece: AudioPiece):
-        """One or more AudioChunk messages for `piece` (split by chunk_ms)."""
-        if self._off_loop:  # the pieces of one call still encode one after the other, in order
-            encoded = await asyncio.get_running_loop().run_in_executor(None, self._encode, piece)
-        else:
-            encoded = self._encode(piece)
-        for num_samples, data, final in encoded:
-            yield pb.AudioChunk(
-                audio=data,
-                sequence=self._sequence,
-                sample_offset=self._offset,
-                num_samples=num_samples,
-                sample_rate_hz=self._options.client_rate,
-                encoding=_PROTO_ENCODINGS[self._options.encoding],
-                text_span=pb.TextSpan(start=piece.span[0], end=piece.span[1]),
-                sentence_index=piece.sentence_index,
-                final=final,
-            )
-            self._sequence += 1
-            self._offset += num_samples
-
-    def _encode(self, piece: AudioPiece) -> list[tuple[int, bytes, bool]]:
-        """(samples, bytes, final) of each chunk of `piece`: resampled, split by chunk_ms, encoded."""
-        samples = self._resampler.process(piece.audio, last=piece.final)
-        step = self._max_samples or max(samples.size, 1)
-        starts = range(0, max(samples.size, 1), step)
-        out = []
-        for i, start in enumerate(starts):
-            audio = samples[start:start + step]
-            final = piece.final and i == len(starts) - 1
-            data = self._encoder.encode(audio)
-            if final:
-                data += self._encoder.finish()
-            out.append((audio.size, data, final))
-        return out
 
 
 @contextlib.asynccontextmanager
@@ -250,10 +195,18 @@ def _encoding(value: int) -> Encoding:
     return encoding
 
 
-def _encode_whole(pieces: list[AudioPiece], options: opts.SynthesisOptions) -> tuple[np.ndarray, bytes]:
-    """The whole audio at the client's rate, and its encoding (runs in a worker thread)."""
-    audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate, options.client_rate)
-    return audio, encode_whole(audio, options.encoding, options.client_rate)
+def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions) -> pb.AudioChunk:
+    return pb.AudioChunk(
+        audio=chunk.audio,
+        sequence=chunk.sequence,
+        sample_offset=chunk.sample_offset,
+        num_samples=chunk.num_samples,
+        sample_rate_hz=options.client_rate,
+        encoding=_PROTO_ENCODINGS[options.encoding],
+        text_span=pb.TextSpan(start=chunk.span[0], end=chunk.span[1]),
+        sentence_index=chunk.sentence_index,
+        final=chunk.final,
+    )
 
 
 def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:

@@ -1,0 +1,83 @@
+"""Audio pieces to what a client receives: resampled, split by chunk_ms, encoded, numbered.
+
+Door-neutral: the gRPC servicer turns `OutputChunk`s into AudioChunk messages,
+other doors into their own frames. Each call owns one `ChunkWriter`, whose
+resampler and encoder carry their state from one chunk to the next (no
+clicks at seams, one valid file across a stream's chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import numpy as np
+
+from server.encoding import OFF_LOOP_ENCODINGS, encode_whole, stream_encoder
+from server.engine import AudioPiece
+from server.options import SynthesisOptions
+from server.resample import StreamResampler, resample
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One chunk of a stream, as every door sends it."""
+
+    audio: bytes
+    """Encoded as the call asked."""
+    sequence: int
+    sample_offset: int
+    """Samples (at the output rate) sent before this chunk."""
+    num_samples: int
+    span: tuple[int, int]
+    sentence_index: int
+    final: bool
+
+
+class ChunkWriter:
+    """Turns one call's audio pieces into OutputChunks with running offsets."""
+
+    def __init__(self, options: SynthesisOptions):
+        self._options = options
+        self._sequence = 0
+        self._offset = 0
+        rate = options.client_rate
+        self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
+        self._resampler = StreamResampler(options.sample_rate, rate)
+        self._encoder = stream_encoder(options.encoding, rate)
+        self._off_loop = options.encoding in OFF_LOOP_ENCODINGS
+
+    async def chunks(self, piece: AudioPiece) -> AsyncIterator[OutputChunk]:
+        """One or more chunks for `piece` (split by chunk_ms); the final piece flushes the encoder."""
+        if self._off_loop:  # the pieces of one call still encode one after the other, in order
+            encoded = await asyncio.get_running_loop().run_in_executor(None, self._encode, piece)
+        else:
+            encoded = self._encode(piece)
+        for num_samples, data, final in encoded:
+            yield OutputChunk(audio=data, sequence=self._sequence, sample_offset=self._offset,
+                              num_samples=num_samples, span=piece.span,
+                              sentence_index=piece.sentence_index, final=final)
+            self._sequence += 1
+            self._offset += num_samples
+
+    def _encode(self, piece: AudioPiece) -> list[tuple[int, bytes, bool]]:
+        """(samples, bytes, final) of each chunk of `piece`: resampled, split by chunk_ms, encoded."""
+        samples = self._resampler.process(piece.audio, last=piece.final)
+        step = self._max_samples or max(samples.size, 1)
+        starts = range(0, max(samples.size, 1), step)
+        out = []
+        for i, start in enumerate(starts):
+            audio = samples[start:start + step]
+            final = piece.final and i == len(starts) - 1
+            data = self._encoder.encode(audio)
+            if final:
+                data += self._encoder.finish()
+            out.append((audio.size, data, final))
+        return out
+
+
+def encode_pieces(pieces: list[AudioPiece], options: SynthesisOptions) -> tuple[np.ndarray, bytes]:
+    """The whole audio of a call at the client's rate, and its encoding (CPU work: run it off the loop)."""
+    audio = resample(np.concatenate([p.audio for p in pieces]), options.sample_rate, options.client_rate)
+    return audio, encode_whole(audio, options.encoding, options.client_rate)
