@@ -17,6 +17,8 @@ from typing import Optional
 import grpc
 
 TOKEN_ENV = "SPEAKSTREAM_TOKEN"
+ADDRESS_ENV = "SPEAKSTREAM_ADDRESS"  # the default of --server, as for the Node client
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ class Connection:
 def add_connection_flags(parser: argparse.ArgumentParser, server_flag: bool = True) -> None:
     """--server (unless the program names its target otherwise) and the TLS/token flags."""
     if server_flag:
-        parser.add_argument("--server", default="127.0.0.1:50051",
-                            help="server address host:port (default %(default)s)")
+        parser.add_argument("--server", default=os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS,
+                            help=f"server address host:port (default: ${ADDRESS_ENV} if set, else {DEFAULT_ADDRESS})")
     g = parser.add_argument_group("TLS and authentication (docs/OPERATIONS.md)")
     g.add_argument("--tls", action="store_true",
                    help="connect with TLS, trusting the system's CAs (implied by --tls-ca, --tls-cert)")
