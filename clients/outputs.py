@@ -6,8 +6,16 @@ write(pcm) per chunk, finish() at the end, abort() on failure.
 
 from __future__ import annotations
 
+import errno
+import os
 import wave
 from typing import BinaryIO, Optional
+
+import numpy as np
+import soundfile
+
+# RIFF sizes are 32-bit: the data chunk, the header and the RIFF size field within 4 GiB.
+_WAV_MAX_DATA_BYTES = 0xFFFFFFFF - 36
 
 
 class WavOutput:
@@ -19,19 +27,34 @@ class WavOutput:
 
     def __init__(self, path: str):
         self.path = path
+        self.created = False
         self.samples = 0
+        self._file: Optional[BinaryIO] = None
         self._wav: Optional[wave.Wave_write] = None
 
     def open(self, sample_rate: int) -> None:
-        """Create the file with the stream's rate."""
-        self._wav = wave.open(self.path, "wb")
+        """Create the file with the stream's rate.
+
+        :raises OSError: the file cannot be created.
+        """
+        # Opened here, not by wave.open(path): a Wave_write whose file failed
+        # to open prints a traceback from its __del__.
+        self._file = open(self.path, "wb")
+        self.created = True
+        self._wav = wave.open(self._file, "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(sample_rate)
 
     def write(self, pcm: bytes) -> None:
-        """Append int16 samples."""
+        """Append int16 samples.
+
+        :raises OSError: the WAV would be over its 4 GiB limit.
+        """
         assert self._wav is not None, "open() first"
+        if 2 * self.samples + len(pcm) > _WAV_MAX_DATA_BYTES:
+            raise OSError(errno.EFBIG, "a WAV file holds at most 4 GiB of audio; write FLAC instead "
+                                       "(-o out.flac)", self.path)
         self._wav.writeframes(pcm)
         self.samples += len(pcm) // 2
 
@@ -40,32 +63,53 @@ class WavOutput:
         if self._wav is not None:
             self._wav.close()
             self._wav = None
+        if self._file is not None:
+            self._file.close()  # wave leaves a file it was given open
+            self._file = None
 
     abort = finish
 
 
-class EncodedOutput:
-    """Writes the server's encoded bytes (FLAC, Ogg/Opus, G.711) to a file as they come.
+class SoundFileOutput:
+    """Writes mono int16 PCM to a FLAC, Ogg/Opus or G.711 file through libsndfile, created at the first chunk.
 
-    A stream's chunks concatenate to one valid file, so nothing is rewritten
-    at the end. Like WavOutput, the file is created at the first chunk.
+    speakstream-say encodes the file itself from the server's PCM: a long
+    text comes in several calls, and separately encoded FLAC or Opus streams
+    do not join into one file. Closing the file (at the end, or after an
+    interruption) writes its true length into the header when the file is
+    seekable (FLAC's STREAMINFO; Ogg pages carry their own positions).
+
+    :param format_: libsndfile's (format, subtype), e.g. ("FLAC", "PCM_16").
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, format_: tuple[str, str]):
         self.path = path
-        self._file: Optional[BinaryIO] = None
+        self.created = False
+        self._format, self._subtype = format_
+        self._file: Optional[soundfile.SoundFile] = None
 
     def open(self, sample_rate: int) -> None:
-        """Create the file (the rate is in the encoded stream itself, or implied for G.711)."""
-        self._file = open(self.path, "wb")
+        """Create the file with the stream's rate.
 
-    def write(self, data: bytes) -> None:
-        """Append the chunk's bytes."""
+        :raises OSError: the file cannot be created.
+        """
+        # Opened here so a failure is an OSError naming the file (libsndfile says "System error").
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.created = True
+        try:
+            self._file = soundfile.SoundFile(fd, "w", samplerate=sample_rate, channels=1,
+                                             format=self._format, subtype=self._subtype, closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def write(self, pcm: bytes) -> None:
+        """Encode and append int16 samples."""
         assert self._file is not None, "open() first"
-        self._file.write(data)
+        self._file.write(np.frombuffer(pcm, np.int16))
 
     def finish(self) -> None:
-        """Close the file."""
+        """Close the file: the encoder's last frames, the header's length."""
         if self._file is not None:
             self._file.close()
             self._file = None

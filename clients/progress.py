@@ -1,4 +1,8 @@
-"""A one-line progress bar for long input: how much of the text has been spoken."""
+"""A progress bar for long input: how much of the text has been spoken.
+
+On a terminal it is one line redrawn in place; through a pipe or into a log
+it is a plain line at every tenth of the text, so nothing is drawn over.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ _MIN_INTERVAL_S = 0.1  # redraws at most this often (the last one always draws)
 
 
 class Progress:
-    """Draws ``[#####.....]  42%  3 sentences done`` on `stream`, redrawn in place.
+    """Draws ``[#####.....]  42%  3 sentences done`` on `stream`: redrawn in
+    place on a terminal, else one line per tenth of the text.
 
     Each AudioChunk says which span of the text it speaks and where its
     samples sit in the stream. The bar shows the share of the text (in code
@@ -25,6 +30,8 @@ class Progress:
         self._text_chars = max(1, text_chars)
         self._stream = stream
         self._clock = clock
+        self._tty = stream.isatty()
+        self._tenth: Optional[int] = None  # the tenth of the text the last plain line showed
         self._drawn_at: Optional[float] = None
         self._ends: list[int] = []  # sample offset where each chunk ends
         self._chunks: list[tuple[int, int]] = []  # (sentence_index, text_span.end)
@@ -40,6 +47,9 @@ class Progress:
 
     def show(self, position: Optional[int] = None, force: bool = False) -> None:
         """Redraw for `position` samples spoken (default: all received)."""
+        if not self._tty:
+            self._show_plain(position, force)
+            return
         now = self._clock()
         if force or self._drawn_at is None or now - self._drawn_at >= _MIN_INTERVAL_S:
             line = self.line(position)
@@ -49,6 +59,17 @@ class Progress:
                 self._stream.flush()
                 self._last_line = line
                 self._shown = True
+
+    def _show_plain(self, position: Optional[int], force: bool) -> None:
+        """A line when a new tenth of the text is done (the first at the first chunk), or when forced."""
+        tenth = 10 * self._done_at(position)[0] // self._text_chars
+        if tenth != self._tenth or force:
+            line = self.line(position)
+            if line != self._last_line:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+                self._last_line = line
+            self._tenth = tenth
 
     def close(self, redraw: bool = True) -> None:
         """End the line (after drawing the finished state), so later messages start afresh."""

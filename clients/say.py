@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Optional, Sequence, Union
 
 import grpc
 
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
-from clients.channel import Connection, add_connection_flags, connection_from_args, open_channel
-from clients.outputs import EncodedOutput, RawOutput, WavOutput
+from clients.calls import Call, InputError, LiveCalls, TextCalls
+from clients.channel import ADDRESS_ENV, Connection, add_connection_flags, connection_from_args, open_channel
+from clients.outputs import RawOutput, SoundFileOutput, WavOutput
 from clients.player import (
     DEFAULT_MAX_PREBUFFER_MS,
     DEFAULT_PREBUFFER_MS,
@@ -29,6 +30,7 @@ from clients.player import (
     list_output_devices,
 )
 from clients.progress import Progress
+from clients.sentences import speakable, split_text
 
 _PROG = "speakstream-say"
 EXIT_OK = 0
@@ -39,60 +41,109 @@ EXIT_NO_AUDIO = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 _AUTO_PROGRESS_CHARS = 300  # a bar by default only for text longer than a few sentences
-_LIVE_READ_BYTES = 4096
+# Text per call: well under the server's --max-chars (10,000 by default), so a
+# call's audio (~2 minutes) is made long before its deadline, and a long text
+# starts its next call often enough to keep the memory a player holds small.
+DEFAULT_MAX_CHARS_PER_CALL = 2000
+# The server's default sentence_silence_s, sent explicitly: the client puts
+# the same silence between two calls cut at a sentence end.
+SENTENCE_SILENCE_S = 0.2
+# Playing a long text: the next call starts only once the audio waiting for
+# the device is this short, so a book is not held in memory (the next call's
+# first audio takes well under a second).
+_PLAYER_LEAD_S = 10.0
+_PLAYER_POLL_S = 0.1
+_PLAYER_STALL_S = 10.0
 
 _EPILOG = f"""\
 outputs:
-  with neither -o nor --raw the audio is played; -o alone writes only the WAV
-  (no sound card needed); --play with -o or --raw also plays it. With
-  --encoding flac, ogg_opus, mulaw or alaw, -o gets the server's encoded
-  stream as it is.
+  with neither -o nor --raw the audio is played; -o alone writes only the file
+  (no sound card needed); --play with -o or --raw also plays it. The format of
+  -o follows its name (.wav, .flac, .ogg or .opus, .ulaw or .mulaw, .alaw; a
+  WAV for any other name) unless --encoding says it. The file is encoded here
+  from the server's PCM; a regular file gets its true length in its header,
+  also when interrupted. --raw writes 16-bit mono PCM to a pipe or a file, not
+  to a terminal.
+
+long texts:
+  a text of any length is spoken. Longer than --max-chars-per-call (default
+  {DEFAULT_MAX_CHARS_PER_CALL}; a server takes at most its --max-chars, 10,000 by default, per
+  call), it is cut at sentence ends into consecutive calls, heard as one text:
+  one file, the usual sentence silence between calls, one progress bar. Each
+  next call starts while the audio before it still plays, so there is no gap.
+  --progress writes a line per tenth of the text when standard error is not
+  a terminal.
+    {_PROG} --file chapter.txt -o chapter.flac --progress
 
 live:
   --live speaks standard input as it arrives (SynthesizeLive), each sentence
   as soon as it is complete: some-llm | {_PROG} --live
-  End of input speaks what is left and ends the call.
+  End of input speaks what is left and ends the call. Past half of
+  --max-chars-per-call, a call ends at the next sentence end and the input
+  goes on in a new call, without a gap.
+
+server:
+  --server defaults to ${ADDRESS_ENV} when it is set; --list-voices shows
+  the server's voices (names for --voice, speakers for --speaker).
 
 exit codes:
   {EXIT_OK}    done
-  {EXIT_LOCAL_IO}    cannot read --file or write the output file
-  {EXIT_USAGE}    bad arguments, or the server refused the request (INVALID_ARGUMENT,
-       NOT_FOUND: unknown voice or speaker, a knob out of range, --rate
-       outside 8000-48000)
+  {EXIT_LOCAL_IO}    cannot read --file (or --live's standard input) or write the output file
+  {EXIT_USAGE}    bad arguments, a text that cannot be sent, or the server refused the
+       request (INVALID_ARGUMENT, NOT_FOUND: unknown voice or speaker, a knob
+       out of range, --rate outside 8000-48000)
   {EXIT_SERVER}    server unreachable, or it failed (UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED, INTERNAL, ...)
   {EXIT_NO_AUDIO}    no audio output: PyAudio missing, no device, --device not found,
        or the device failed (write a file with -o instead)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call was cancelled, playback stopped
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call was cancelled, playback stopped; a -o
+       file holds the audio up to there
   {EXIT_BROKEN_PIPE}  --raw: the reading end of the pipe closed early
 """
 
-
-# --encoding: the AudioEncoding the server is asked for when writing -o (wav: LINEAR16, written by WavOutput).
-_FILE_ENCODINGS = {
-    "wav": pb.AUDIO_ENCODING_LINEAR16,
-    "flac": pb.AUDIO_ENCODING_FLAC,
-    "ogg_opus": pb.AUDIO_ENCODING_OGG_OPUS,
-    "mulaw": pb.AUDIO_ENCODING_MULAW,
-    "alaw": pb.AUDIO_ENCODING_ALAW,
+# --encoding: libsndfile's (format, subtype) of the -o file; None: a WAV (WavOutput).
+_FILE_FORMATS: dict[str, Optional[tuple[str, str]]] = {
+    "wav": None,
+    "flac": ("FLAC", "PCM_16"),
+    "ogg_opus": ("OGG", "OPUS"),
+    "mulaw": ("RAW", "ULAW"),
+    "alaw": ("RAW", "ALAW"),
 }
+# The --encoding a name of -o implies.
+_EXTENSIONS = {".wav": "wav", ".flac": "flac", ".ogg": "ogg_opus", ".opus": "ogg_opus",
+               ".ulaw": "mulaw", ".mulaw": "mulaw", ".alaw": "alaw"}
+# The rates Opus encodes at: an Ogg/Opus file is asked at the first of these
+# at or above the voice's rate (or --rate), as the server's Ogg/Opus is.
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the synopsis is in --help)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print `message` on one line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of speakstream-say."""
-    p = argparse.ArgumentParser(
-        prog=_PROG, description="Speak text with a speakstream server.", epilog=_EPILOG,
+    p = _Parser(
+        prog=_PROG, description="Speak text of any length with a speakstream server.", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="text to speak (default: --file, else standard input)")
-    p.add_argument("-f", "--file", help="read the text from this file")
+    p.add_argument("-f", "--file", help="read the text from this file (UTF-8)")
     add_connection_flags(p)
     p.add_argument("--timeout", type=float, default=300.0,
-                   help="deadline of the synthesis call in seconds (default %(default)s)")
+                   help="deadline of each synthesis call in seconds (default %(default)s)")
+    p.add_argument("--max-chars-per-call", type=int, default=DEFAULT_MAX_CHARS_PER_CALL, metavar="N",
+                   help="most text sent in one call; longer text goes in consecutive calls cut at sentence "
+                        "ends. At most the server's --max-chars (default %(default)s)")
     p.add_argument("--live", action="store_true",
                    help="read standard input as it arrives and speak each sentence once complete "
                         "(SynthesizeLive), e.g. some-llm | speakstream-say --live")
+    p.add_argument("--list-voices", action="store_true", help="list the server's voices and exit")
     req = p.add_argument_group("request")
-    req.add_argument("--voice", default="", help="voice name (default: the server's default)")
+    req.add_argument("--voice", default="", help="voice name (default: the server's default; see --list-voices)")
     req.add_argument("--speaker", help="speaker of a multi-speaker voice: its id (a number) or its name")
     req.add_argument("--speed", type=float, help="speaking rate, 1.0 = normal")
     req.add_argument("--noise-scale", type=float, help="voice variation, 0 = deterministic")
@@ -100,12 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--rate", type=int, default=0, help="sample rate in Hz (default: the voice's own)")
     req.add_argument("--chunk-ms", type=int, default=0, help="largest chunk the server sends, in ms")
     out = p.add_argument_group("output")
-    out.add_argument("-o", "--output", help="write the audio to this file (a WAV unless --encoding says otherwise)")
-    out.add_argument("--encoding", choices=sorted(_FILE_ENCODINGS), default="wav",
-                     help="format of the -o file: the server encodes, the file is the stream's bytes "
-                          "(mulaw/alaw: raw G.711, no header); other than wav needs -o and neither "
-                          "--play nor --raw (default %(default)s)")
-    out.add_argument("--raw", action="store_true", help="write raw 16-bit mono PCM to standard output")
+    out.add_argument("-o", "--output", help="write the audio to this file, in the format its name says "
+                                            "(see outputs below)")
+    out.add_argument("--encoding", choices=sorted(_FILE_FORMATS),
+                     help="format of the -o file (default: from its name, else wav); mulaw/alaw: raw G.711, "
+                          "no header; other than wav needs -o and neither --play nor --raw")
+    out.add_argument("--raw", action="store_true",
+                     help="write raw 16-bit mono PCM to standard output (a pipe or a file)")
     out.add_argument("--play", action="store_true", help="play as well as writing -o / --raw")
     out.add_argument("--device", help="output device: index or part of its name (see --list-devices)")
     out.add_argument("--list-devices", action="store_true", help="list the output devices and exit")
@@ -118,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--stats-json", action="store_true",
                      help="print the statistics as one JSON line on standard error")
     rep.add_argument("--progress", action="store_true", default=None,
-                     help="show a progress bar (default: for long text when standard error is a terminal)")
+                     help="show progress over the whole text (default: for long text when standard error "
+                          "is a terminal; a line per tenth of the text when it is not)")
     rep.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
     rep.add_argument("-v", "--verbose", action="store_true", help="show what the sound libraries print")
     return p
@@ -129,10 +182,10 @@ class SayOptions:
     """What to do with the audio, checked and settled from the command line."""
 
     play: bool
-    wav_path: Optional[str]
+    output_path: Optional[str]
+    output_format: Optional[tuple[str, str]]
+    """libsndfile's (format, subtype) of -o; None: a WAV."""
     raw: bool
-    encoded: bool
-    """-o gets the server's bytes as they are (--encoding other than wav)."""
     player: PlayerConfig
     progress: Optional[bool]
     """None: a bar when stderr is a terminal and the text is long."""
@@ -141,6 +194,7 @@ class SayOptions:
     verbose: bool
     server: str
     timeout: float
+    max_chars_per_call: int
     connection: Connection
 
 
@@ -155,17 +209,31 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(exc))
     if args.timeout <= 0:
         parser.error("--timeout: must be > 0")
-    encoded = args.encoding != "wav"
-    if encoded and (args.output is None or args.play or args.raw):
-        parser.error(f"--encoding {args.encoding}: writes -o only (playing and --raw need PCM)")
+    if args.max_chars_per_call < 1:
+        parser.error("--max-chars-per-call: must be at least 1")
+    encoding = file_encoding(args.encoding, args.output, parser)
+    if encoding != "wav" and (args.output is None or args.play or args.raw):
+        parser.error(f"--encoding {encoding}: writes -o only (playing and --raw need PCM)")
+    if args.raw and sys.stdout.isatty():
+        parser.error("--raw: standard output is a terminal; pipe it (| aplay -f S16_LE -r 22050) "
+                     "or redirect it (> out.pcm)")
     if args.live and (args.text is not None or args.file not in (None, "-")):
         parser.error("--live reads standard input: give no text argument and no --file")
     if args.live and args.progress:
         parser.error("--progress needs the text's length, unknown with --live")
-    return SayOptions(play=play, wav_path=args.output, raw=args.raw, encoded=encoded, player=player,
-                      progress=args.progress, stats=args.stats, stats_json=args.stats_json,
+    return SayOptions(play=play, output_path=args.output, output_format=_FILE_FORMATS[encoding], raw=args.raw,
+                      player=player, progress=args.progress, stats=args.stats, stats_json=args.stats_json,
                       verbose=args.verbose, server=args.server, timeout=args.timeout,
+                      max_chars_per_call=args.max_chars_per_call,
                       connection=connection_from_args(args, parser))
+
+
+def file_encoding(encoding: Optional[str], output: Optional[str], parser: argparse.ArgumentParser) -> str:
+    """--encoding, else what the name of -o implies, else wav; a contradiction is a usage error."""
+    implied = _EXTENSIONS.get(Path(output).suffix.lower()) if output else None
+    if encoding is not None and implied is not None and encoding != implied:
+        parser.error(f"--encoding {encoding} contradicts -o {output} (a {implied} name); drop one")
+    return encoding or implied or "wav"
 
 
 def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -175,44 +243,30 @@ def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """
     if args.text is not None and args.file is not None:
         parser.error("give the text as an argument or with --file, not both")
-    if args.text is not None:
-        text = args.text
-    elif args.file is not None and args.file != "-":
-        with open(args.file, encoding="utf-8") as f:
-            text = f.read()
-    else:
-        if sys.stdin.isatty():
-            print(f"{_PROG}: reading the text from standard input (end it with Ctrl-D)", file=sys.stderr)
-        text = sys.stdin.read()
+    source = "--file" if args.file not in (None, "-") else "standard input"
+    try:
+        if args.text is not None:
+            text = args.text
+        elif args.file is not None and args.file != "-":
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            if sys.stdin.isatty():
+                print(f"{_PROG}: reading the text from standard input (end it with Ctrl-D)", file=sys.stderr)
+            text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        parser.error(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
     if not text.strip():
         parser.error("no text to speak: give it as an argument, with --file, or on standard input")
     return text
 
 
-def live_requests(config: pb.SynthesizeRequest, stream: BinaryIO,
-                  read_bytes: int = _LIVE_READ_BYTES) -> Iterator[pb.LiveRequest]:
-    """The SynthesizeLive requests: the config, then each piece of `stream` as it
-    arrives (one read, not a line or a full buffer), until end of input.
-
-    Ending the requests closes the send side, which makes the server speak
-    what is pending and end the stream. Runs on gRPC's request thread.
-    """
-    yield pb.LiveRequest(config=pb.LiveConfig(settings=config))
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    fd = stream.fileno()
-    while True:
-        data = os.read(fd, read_bytes)  # returns as soon as any bytes are there
-        text = decoder.decode(data, final=not data)
-        if text:
-            yield pb.LiveRequest(text=text)
-        if not data:
-            return
-
-
-def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeRequest:
-    """A SynthesizeRequest carrying the flags that were given."""
-    request = pb.SynthesizeRequest(text=text, voice=args.voice, encoding=_FILE_ENCODINGS[args.encoding],
-                                   sample_rate_hz=args.rate, chunk_ms=args.chunk_ms)
+def request_from_args(args: argparse.Namespace) -> pb.SynthesizeRequest:
+    """A SynthesizeRequest (without its text) carrying the flags that were given; PCM,
+    which speakstream-say plays or writes into the -o file's format itself."""
+    request = pb.SynthesizeRequest(voice=args.voice, encoding=pb.AUDIO_ENCODING_LINEAR16,
+                                   sample_rate_hz=args.rate, chunk_ms=args.chunk_ms,
+                                   sentence_silence_s=SENTENCE_SILENCE_S)
     if args.speaker is not None:
         if args.speaker.isdigit():
             request.speaker_id = int(args.speaker)
@@ -227,15 +281,17 @@ def request_from_args(args: argparse.Namespace, text: str) -> pb.SynthesizeReque
 
 @dataclass
 class SayResult:
-    """What one call delivered, with monotonic timestamps (None = never)."""
+    """What the calls delivered, with monotonic timestamps (None = never)."""
 
     started_at: float
     cpu_started_s: float
     first_chunk_at: Optional[float] = None
     finished_at: Optional[float] = None
     cpu_s: float = 0.0
+    calls: int = 0
     chunks: int = 0
     samples: int = 0
+    """Samples written, the silence between calls included."""
     sample_rate: int = 0
     sentences: int = 0
     playback: Optional[PlaybackStats] = None
@@ -246,68 +302,165 @@ class SayResult:
         return self.samples / self.sample_rate if self.sample_rate else 0.0
 
 
-def speak(stub, request: pb.SynthesizeRequest, outputs: list, *, timeout: float,
-          progress: Optional[Progress] = None, player: Optional[Player] = None) -> SayResult:
-    """Stream `request` into `outputs` (the player first, if any); play to the end.
+@dataclass(frozen=True)
+class _Span:
+    end: int
 
-    :raises grpc.RpcError: the call failed; the outputs are aborted.
-    :raises KeyboardInterrupt: the call is cancelled first.
+
+@dataclass(frozen=True)
+class _Placed:
+    """An AudioChunk's place in the whole output, across calls (what Progress reads)."""
+
+    sample_offset: int
+    num_samples: int
+    sentence_index: int
+    text_span: _Span
+    final: bool
+
+
+def speak(stub, request: pb.SynthesizeRequest, text: str, outputs: list, *, timeout: float,
+          max_chars_per_call: int, progress: Optional[Progress] = None,
+          player: Optional[Player] = None) -> SayResult:
+    """Speak `text` through SynthesizeStream calls of at most `max_chars_per_call`
+    characters into `outputs` (the player first, if any); play to the end.
+
+    :raises grpc.RpcError: a call failed; the outputs are aborted.
+    :raises KeyboardInterrupt: the calls are cancelled first.
     """
-    return receive(lambda: stub.SynthesizeStream(request, timeout=timeout), outputs,
-                   progress=progress, player=player)
+    def start_call(piece: str):
+        piece_request = pb.SynthesizeRequest()
+        piece_request.CopyFrom(request)
+        piece_request.text = piece
+        return stub.SynthesizeStream(piece_request, timeout=timeout)
+
+    calls = TextCalls(start_call, text, split_text(text, max_chars_per_call))
+    return receive(calls, outputs, progress=progress, player=player)
 
 
 def speak_live(stub, config: pb.SynthesizeRequest, stream: BinaryIO, outputs: list, *, timeout: float,
-               player: Optional[Player] = None) -> SayResult:
-    """Speak `stream` (standard input) as it arrives through SynthesizeLive; as `speak`."""
-    return receive(lambda: stub.SynthesizeLive(live_requests(config, stream), timeout=timeout),
-                   outputs, player=player)
+               max_chars_per_call: int, player: Optional[Player] = None) -> SayResult:
+    """Speak `stream` (standard input) as it arrives through SynthesizeLive calls; as `speak`."""
+    calls = LiveCalls(lambda requests: stub.SynthesizeLive(requests, timeout=timeout),
+                      pb.LiveRequest(config=pb.LiveConfig(settings=config)), stream, max_chars_per_call)
+    calls.start()
+    return receive(calls, outputs, player=player)
 
 
-def receive(start_call, outputs: list, *, progress: Optional[Progress] = None,
+def receive(calls: Union[TextCalls, LiveCalls], outputs: list, *, progress: Optional[Progress] = None,
             player: Optional[Player] = None) -> SayResult:
-    """Play / write the chunks of the call `start_call()` makes; as `speak`."""
-    sinks = ([player] if player is not None else []) + outputs
-    result = SayResult(started_at=time.monotonic(), cpu_started_s=time.process_time())
-    call = start_call()
+    """Play / write the chunks of each call in turn, with sentence silence between
+    calls cut at a sentence end; as `speak`."""
+    receiver = _Receiver(outputs, progress, player)
     try:
-        for chunk in call:
-            if result.first_chunk_at is None:
-                result.first_chunk_at = time.monotonic()
-                result.sample_rate = chunk.sample_rate_hz
-                for sink in sinks:
-                    sink.open(chunk.sample_rate_hz)
-            for sink in sinks:
-                sink.write(chunk.audio)
-            result.chunks += 1
-            result.samples += chunk.num_samples
-            result.sentences = chunk.sentence_index + 1
-            if progress is not None:
-                progress.update(chunk)
-                progress.show(player.frames_played() if player is not None else None)
+        while True:
+            receiver.wait_for_the_player()
+            call = calls.next()
+            if call is None:
+                break
+            receiver.take(call, calls)
     except BaseException:
-        call.cancel()
+        calls.cancel()
         for sink in outputs:
             sink.abort()
         raise
-    for sink in outputs:
-        sink.finish()
-    if player is not None and result.first_chunk_at is not None:
-        on_wait = (lambda: progress.show(player.frames_played())) if progress is not None else None
-        result.playback = player.finish(on_wait)
-    result.finished_at = time.monotonic()
-    result.cpu_s = time.process_time() - result.cpu_started_s
-    return result
+    return receiver.finish()
+
+
+class _Receiver:
+    """Writes the calls' chunks one after the other as one stream: sample offsets,
+    sentence indices and text offsets carried across calls."""
+
+    def __init__(self, outputs: list, progress: Optional[Progress], player: Optional[Player]):
+        self._outputs, self._progress, self._player = outputs, progress, player
+        self._sinks = ([player] if player is not None else []) + outputs
+        self.result = SayResult(started_at=time.monotonic(), cpu_started_s=time.process_time())
+        self._sentence_base = 0  # sentences of the calls before
+        self._silence_due = False  # the call before ended at a sentence end
+
+    def take(self, call: Call, calls: Union[TextCalls, LiveCalls]) -> None:
+        """Write `call`'s chunks; start the next call when it is time (calls.prefetch)."""
+        self.result.calls += 1
+        last_index = None
+        for chunk in call.responses:
+            self._write_chunk(call, chunk)
+            last_index = chunk.sentence_index
+            if not self._player_is_ahead():
+                calls.prefetch(call, chunk)
+        if last_index is not None:
+            # A call cut inside a sentence leaves the rest of that sentence to the next one.
+            self._sentence_base += last_index + 1 if call.ends_sentence else last_index
+            self._silence_due = call.ends_sentence
+
+    def _write_chunk(self, call: Call, chunk) -> None:
+        result = self.result
+        if result.first_chunk_at is None:
+            result.first_chunk_at = time.monotonic()
+            result.sample_rate = chunk.sample_rate_hz
+            for sink in self._sinks:
+                sink.open(chunk.sample_rate_hz)
+        if self._silence_due and chunk.num_samples:
+            # The server ends a call's audio without the silence it puts after a sentence.
+            self._write(bytes(2 * round(SENTENCE_SILENCE_S * result.sample_rate)))
+            self._silence_due = False
+        offset = result.samples
+        self._write(chunk.audio)
+        result.chunks += 1
+        result.sentences = self._sentence_base + chunk.sentence_index + 1
+        if self._progress is not None:
+            self._progress.update(_Placed(offset, chunk.num_samples, self._sentence_base + chunk.sentence_index,
+                                          _Span(call.text_start + chunk.text_span.end), chunk.final and call.last))
+            self._progress.show(self._player.frames_played() if self._player is not None else None)
+
+    def _write(self, pcm: bytes) -> None:
+        for sink in self._sinks:
+            sink.write(pcm)
+        self.result.samples += len(pcm) // 2
+
+    def finish(self) -> SayResult:
+        """Close the outputs, play to the end; the result."""
+        result, player, progress = self.result, self._player, self._progress
+        for sink in self._outputs:
+            sink.finish()
+        if player is not None and result.first_chunk_at is not None:
+            on_wait = (lambda: progress.show(player.frames_played())) if progress is not None else None
+            result.playback = player.finish(on_wait)
+        result.finished_at = time.monotonic()
+        result.cpu_s = time.process_time() - result.cpu_started_s
+        return result
+
+    def _player_is_ahead(self) -> bool:
+        """Whether more than _PLAYER_LEAD_S of audio waits for the device."""
+        player, result = self._player, self.result
+        return (player is not None and result.sample_rate > 0
+                and result.samples - player.frames_played() > _PLAYER_LEAD_S * result.sample_rate)
+
+    def wait_for_the_player(self) -> None:
+        """Before a call: wait while the player is far ahead (see _PLAYER_LEAD_S).
+
+        :raises AudioUnavailable: the device failed, or took nothing for _PLAYER_STALL_S.
+        """
+        still_s, last = 0.0, None
+        while self._player_is_ahead():
+            self._player.write(b"")  # raises if the device has failed
+            played = self._player.frames_played()
+            still_s = still_s + _PLAYER_POLL_S if played == last else 0.0
+            if still_s >= _PLAYER_STALL_S:
+                raise AudioUnavailable(f"the device {self._player.device.name!r} stopped taking audio")
+            last = played
+            if self._progress is not None:
+                self._progress.show(played)
+            time.sleep(_PLAYER_POLL_S)
 
 
 def stats_dict(result: SayResult) -> dict:
-    """The --stats figures; times in ms from the start of the call."""
+    """The --stats figures; times in ms from the start of the first call."""
     def ms(t: Optional[float], since: Optional[float] = result.started_at) -> Optional[float]:
         return None if t is None or since is None else round(1000 * (t - since), 2)
 
     stats: dict[str, Any] = {
         "time_to_first_chunk_ms": ms(result.first_chunk_at),
         "audio_s": round(result.audio_s, 3),
+        "calls": result.calls,
         "chunks": result.chunks,
         "sentences": result.sentences,
         "wall_s": round(result.finished_at - result.started_at, 3) if result.finished_at else None,
@@ -345,7 +498,7 @@ def format_stats(stats: dict) -> str:
                  f"({stats['first_chunk_to_first_sound_ms']} ms after the first chunk)"),
         ]
     lines.append(line("audio", f"{stats['audio_s']} s in {stats['chunks']} chunks, "
-                               f"{stats['sentences']} sentences"))
+                               f"{stats['sentences']} sentences, {stats['calls']} calls"))
     if "underruns" in stats:
         lines += [
             line("underruns", f"{stats['underruns']} ({stats['silence_ms']} ms of silence)"),
@@ -364,31 +517,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.list_devices:
         return _list_devices()
     options = options_from_args(args, parser)
+    if args.list_voices:
+        return _list_voices(options)
     if args.live:
         if sys.stdin.isatty():
             print(f"{_PROG}: speaking standard input as you type (end it with Ctrl-D)", file=sys.stderr)
-        return _run(options, request_from_args(args, ""), 0, live_input=sys.stdin.buffer)
+        return _run(options, request_from_args(args), None)
     try:
         text = read_text(args, parser)
     except OSError as exc:
         return _fail(f"cannot read {args.file}: {exc.strerror or exc}", EXIT_LOCAL_IO)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
-    return _run(options, request_from_args(args, text), len(text))
+    if not speakable(text):
+        parser.error("nothing to speak: the text has no letter, digit or symbol")
+    return _run(options, request_from_args(args), text)
 
 
-def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
-         live_input: Optional[BinaryIO] = None) -> int:
-    """:param live_input: speak this stream as it arrives (--live); `request` is the config."""
-    outputs: list = []
-    if options.wav_path:
-        outputs.append(EncodedOutput(options.wav_path) if options.encoded else WavOutput(options.wav_path))
+def _run(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[str]) -> int:
+    """Speak `text`, or standard input as it arrives (--live) when it is None."""
+    file_output = None
+    if options.output_path:
+        file_output = (SoundFileOutput(options.output_path, options.output_format) if options.output_format
+                       else WavOutput(options.output_path))
+    outputs: list = [file_output] if file_output is not None else []
     if options.raw:
         outputs.append(RawOutput(sys.stdout.buffer))
+    text_chars = len(text) if text is not None else 0
     show_progress = options.progress
     if show_progress is None:
         show_progress = sys.stderr.isatty() and text_chars >= _AUTO_PROGRESS_CHARS
-    show_progress = show_progress and live_input is None  # the length of live text is unknown
+    show_progress = show_progress and text is not None  # the length of live text is unknown
     progress = Progress(text_chars, sys.stderr) if show_progress else None
     player = Player(options.player) if options.play else None
     if player is not None:
@@ -404,18 +563,22 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
                     stack.callback(lambda: sys.stderr.write(player.device_log))
             channel = stack.enter_context(open_channel(options.connection))
             stub = pb_grpc.SynthesizerStub(channel)
-            if live_input is not None:
-                result = speak_live(stub, request, live_input, outputs, timeout=options.timeout,
-                                    player=player)
+            if options.output_format is not None and options.output_format[0] == "OGG":
+                request.sample_rate_hz = _opus_rate(stub, request, options.timeout)
+            if text is None:
+                result = speak_live(stub, request, sys.stdin.buffer, outputs, timeout=options.timeout,
+                                    max_chars_per_call=options.max_chars_per_call, player=player)
             else:
-                result = speak(stub, request, outputs, timeout=options.timeout, progress=progress,
-                               player=player)
+                result = speak(stub, request, text, outputs, timeout=options.timeout,
+                               max_chars_per_call=options.max_chars_per_call, progress=progress, player=player)
     except grpc.RpcError as exc:
-        return _fail_after(progress, _rpc_message(exc, options.server), _rpc_exit_code(exc))
+        return _fail_after(progress, _rpc_message(exc, options), _rpc_exit_code(exc))
     except AudioUnavailable as exc:
         return _fail_after(progress, f"{exc}; to write a file instead, use -o out.wav", EXIT_NO_AUDIO)
     except KeyboardInterrupt:
-        return _fail_after(progress, "interrupted: call cancelled, playback stopped", EXIT_INTERRUPTED)
+        return _fail_after(progress, _interrupted_message(player, file_output), EXIT_INTERRUPTED)
+    except InputError as exc:
+        return _fail_after(progress, str(exc), EXIT_LOCAL_IO)
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -428,10 +591,33 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text_chars: int,
     return EXIT_OK
 
 
+def _opus_rate(stub, request: pb.SynthesizeRequest, timeout: float) -> int:
+    """The rate to ask for an Ogg/Opus file: the first Opus rate at or above
+    --rate or the voice's own (0, and the call's NOT_FOUND, for an unknown voice)."""
+    rate = request.sample_rate_hz
+    if not rate:
+        voices = stub.ListVoices(pb.ListVoicesRequest(), timeout=timeout).voices
+        voice = next((v for v in voices if v.name == request.voice or (not request.voice and v.is_default)), None)
+        if voice is None:
+            return 0
+        rate = voice.sample_rate_hz
+    return next((r for r in _OPUS_RATES if r >= rate), _OPUS_RATES[-1])
+
+
+def _interrupted_message(player: Optional[Player], file_output) -> str:
+    parts = ["interrupted: call cancelled"]
+    if player is not None:
+        parts.append("playback stopped")
+    if file_output is not None:
+        parts.append(f"{file_output.path} holds the audio up to here" if file_output.created
+                     else f"no audio yet, {file_output.path} not written")
+    return "; ".join(parts)
+
+
 def _report(options: SayOptions, result: SayResult) -> None:
     stats = stats_dict(result)
-    if options.wav_path:
-        print(f"wrote {options.wav_path}: {result.samples} samples ({result.audio_s:.2f} s)", file=sys.stderr)
+    if options.output_path:
+        print(f"wrote {options.output_path}: {result.samples} samples ({result.audio_s:.2f} s)", file=sys.stderr)
     if options.stats:
         print(format_stats(stats), file=sys.stderr)
     elif result.playback is not None and result.playback.underruns:
@@ -457,15 +643,54 @@ def _list_devices() -> int:
     return EXIT_OK
 
 
+def _list_voices(options: SayOptions) -> int:
+    """Print the server's voices, the default marked with *."""
+    try:
+        with open_channel(options.connection) as channel:
+            voices = pb_grpc.SynthesizerStub(channel).ListVoices(pb.ListVoicesRequest(), timeout=options.timeout).voices
+    except grpc.RpcError as exc:
+        return _fail(_rpc_message(exc, options), _rpc_exit_code(exc))
+    for line in format_voices(voices):
+        print(line)
+    return EXIT_OK
+
+
+def format_voices(voices) -> list[str]:
+    """One line per voice: default mark, name, language, rate, speakers (their names), quality."""
+    width = max((len(v.name) for v in voices), default=0)
+    lines = []
+    for v in voices:
+        speakers = f"{v.num_speakers} speaker{'' if v.num_speakers == 1 else 's'}"
+        if v.speakers:
+            speakers += " (" + ", ".join(f"{s.id} {s.name}" for s in v.speakers) + ")"
+        lines.append(f"{'*' if v.is_default else ' '} {v.name:<{width}}  {v.language:<6} "
+                     f"{v.sample_rate_hz:>5} Hz  {v.quality:<6}  {speakers}")
+    return lines
+
+
 def _rpc_exit_code(exc: grpc.RpcError) -> int:
     code = exc.code()
-    return EXIT_USAGE if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else EXIT_SERVER
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) or _too_large(exc):
+        return EXIT_USAGE
+    return EXIT_SERVER
 
 
-def _rpc_message(exc: grpc.RpcError, server: str) -> str:
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach the server at {server}: {exc.details()}"
-    return f"{exc.code().name}: {exc.details()}"
+def _too_large(exc: grpc.RpcError) -> bool:
+    """gRPC's own refusal of a request message over the server's receive limit: the input's fault."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (exc.details() or "")
+
+
+def _rpc_message(exc: grpc.RpcError, options: SayOptions) -> str:
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach the server at {options.server}: {details}"
+    if _too_large(exc) or (code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("text:")
+                           and "limit" in details):
+        return (f"the server takes less text per call than --max-chars-per-call {options.max_chars_per_call}: "
+                f"set it to the server's --max-chars or less ({details})")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return f"{code.name}: {details} ({_PROG} --list-voices shows the voices and speakers)"
+    return f"{code.name}: {details}"
 
 
 def _fail_after(progress: Optional[Progress], message: str, code: int) -> int:

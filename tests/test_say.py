@@ -69,12 +69,35 @@ async def test_text_comes_from_file_or_stdin(app, stub, tmp_path):
     assert from_file.read_bytes() == expected and from_stdin.read_bytes() == expected
 
 
-async def test_progress_bar_counts_sentences(app, tmp_path):
+async def test_progress_through_a_pipe_is_plain_lines_counting_sentences(app, tmp_path):
     text = "One sentence here. Another one there. And a third to finish."
     code, _, err = await _say("--server", app.address, "--progress", text, "-o", str(tmp_path / "p.wav"))
     assert code == 0, err
-    assert "\r[" in err
-    assert "100%  3 sentences done\n" in err
+    assert "\r" not in err  # standard error is a pipe: no redrawing
+    lines = err.splitlines()
+    assert lines[0].startswith("[") and lines[-2].endswith("100%  3 sentences done")
+    assert lines[-1].startswith("wrote ")
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    import io
+    import types
+
+    from clients.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    progress = Progress(100, out, clock=iter(range(0, 100, 1)).__next__)
+    for n, end in enumerate((30, 60, 100)):
+        progress.update(types.SimpleNamespace(sample_offset=1000 * n, num_samples=1000, sentence_index=n,
+                                              text_span=types.SimpleNamespace(start=0, end=end), final=end == 100))
+        progress.show()
+    progress.close()
+    assert out.getvalue().count("\r[") == 3 and out.getvalue().count("\n") == 1
+    assert out.getvalue().endswith("100%  3 sentences done\n")
 
 
 async def test_no_audio_device_exits_4_and_suggests_a_file(app, tmp_path):
@@ -195,12 +218,12 @@ async def test_ctrl_c_cancels_the_call_stops_playback_and_exits_130(app, tmp_pat
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "clients.say", "--server", app.address, "--progress", text,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=device.env())
-        first = await asyncio.wait_for(process.stderr.read(1), _TIMEOUT)  # the first chunk is in
-        assert first == b"\r"
+        first = await asyncio.wait_for(process.stderr.readline(), _TIMEOUT)  # the first chunk is in
+        assert first.startswith(b"[")
         process.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
         assert process.returncode == 130
-        assert "interrupted" in err.decode()
+        assert "interrupted: call cancelled; playback stopped" in err.decode()
         # The signal may land before the device starts; either way the process,
         # and with it the device, has stopped long before the text's end.
         played_s = len(device.data) / device.bytes_per_s
@@ -213,18 +236,9 @@ async def test_speaker_by_name_reaches_the_server(app, tmp_path):
     assert "NOT_FOUND" in err and "speaker:" in err  # the bundled voice has no named speakers
 
 
-async def test_encoded_file_is_the_streams_bytes_and_decodes_to_the_pcm(app, stub, tmp_path):
-    import io
-
+async def test_g711_file_is_what_synthesize_encodes(app, stub, tmp_path):
     import numpy as np
-    import soundfile
 
-    out = tmp_path / "hi.ogg"
-    code, _, err = await _say("--server", app.address, *_DETERMINISTIC, "--encoding", "ogg_opus", _TEXT,
-                              "-o", str(out), python_args=_WITHOUT_PYAUDIO)
-    assert code == 0, err
-    decoded, rate = soundfile.read(io.BytesIO(out.read_bytes()), dtype="int16")
-    assert rate == 24000 and decoded.size > 0  # Opus rounds 22,050 Hz up
     out = tmp_path / "hi.mulaw"
     code, _, err = await _say("--server", app.address, *_DETERMINISTIC, "--encoding", "mulaw", "--rate", "8000",
                               _TEXT, "-o", str(out), python_args=_WITHOUT_PYAUDIO)
@@ -233,8 +247,142 @@ async def test_encoded_file_is_the_streams_bytes_and_decodes_to_the_pcm(app, stu
                                                        encoding=pb.AUDIO_ENCODING_MULAW), timeout=_TIMEOUT)
     assert out.read_bytes() == whole.audio
     assert np.frombuffer(out.read_bytes(), np.uint8).size == whole.num_samples
+    out = tmp_path / "hi.alaw"  # the name says A-law
+    code, _, err = await _say("--server", app.address, *_DETERMINISTIC, "--rate", "8000", _TEXT, "-o", str(out),
+                              python_args=_WITHOUT_PYAUDIO)
+    assert code == 0, err
+    whole = await stub.Synthesize(pb.SynthesizeRequest(text=_TEXT, noise_scale=0, noise_w=0, sample_rate_hz=8000,
+                                                       encoding=pb.AUDIO_ENCODING_ALAW), timeout=_TIMEOUT)
+    assert out.read_bytes() == whole.audio
 
 
 async def test_an_encoding_other_than_wav_needs_a_file_and_no_playback(app):
     code, _, err = await _say("--server", app.address, "--encoding", "flac", "--raw", _TEXT)
     assert code == 2 and "--encoding flac" in err
+
+
+@pytest.mark.parametrize("name, magic", [("hi.flac", b"fLaC"), ("hi.ogg", b"OggS"), ("hi.opus", b"OggS")])
+async def test_flac_and_ogg_files_named_so_open_with_their_true_length(app, stub, tmp_path, name, magic):
+    import soundfile
+
+    out = tmp_path / name  # no --encoding: the name says it
+    code, _, err = await _say("--server", app.address, *_DETERMINISTIC, _TEXT, "-o", str(out),
+                              python_args=_WITHOUT_PYAUDIO)
+    assert code == 0, err
+    assert out.read_bytes()[:4] == magic
+    samples = int(err.split(": ")[1].split()[0])  # "wrote PATH: N samples (S s)"
+    info = soundfile.info(str(out))
+    assert info.frames == samples and info.samplerate == (22050 if magic == b"fLaC" else 24000)
+    decoded, _ = soundfile.read(str(out), dtype="int16")
+    assert decoded.size == samples
+    if magic == b"fLaC":  # lossless: the server's PCM
+        assert decoded.tobytes() == await _synthesize(stub)
+
+
+async def test_an_encoding_that_contradicts_the_files_name_is_a_one_line_usage_error(tmp_path):
+    code, _, err = await _say("--server", "127.0.0.1:1", "--encoding", "wav", _TEXT, "-o", str(tmp_path / "x.flac"))
+    assert code == 2 and err.count("\n") == 1
+    assert "--encoding wav contradicts -o" in err
+    code, _, err = await _say("--server", "127.0.0.1:1", "--encoding", "flac", _TEXT, "-o", str(tmp_path / "x.opus"))
+    assert code == 2 and "--encoding flac contradicts" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cut.wav", "cut.flac"])
+async def test_ctrl_c_while_writing_leaves_a_valid_file_of_the_audio_so_far(app, tmp_path, name):
+    import soundfile
+
+    out = tmp_path / name
+    text = "The lighthouse keeper climbed the stairs every night. " * 40
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.say", "--server", app.address, "--progress", "--chunk-ms", "200",
+        "-o", str(out), text, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    first = await asyncio.wait_for(process.stderr.readline(), _TIMEOUT)  # a progress line: audio is in the file
+    assert first.startswith(b"[")
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    assert process.returncode == 130
+    assert f"interrupted: call cancelled; {out} holds the audio up to here" in err.decode()
+    assert "playback" not in err.decode() and "Traceback" not in err.decode()
+    info = soundfile.info(str(out))
+    assert 0 < info.frames < 22050 * 60  # some of the ~2 minutes
+    assert soundfile.read(str(out), dtype="int16")[0].size == info.frames
+    if name.endswith(".wav"):
+        assert out.stat().st_size == 44 + 2 * info.frames  # the header holds the true length
+
+
+async def test_an_unwritable_output_is_one_line_without_a_traceback(app):
+    code, _, err = await _say("--server", app.address, _TEXT, "-o", "/nonexistent/dir/x.wav",
+                              python_args=_WITHOUT_PYAUDIO)
+    assert code == 1
+    assert err == f"speakstream-say: cannot write /nonexistent/dir/x.wav: No such file or directory\n"
+
+
+async def test_raw_to_a_terminal_is_a_one_line_usage_error():
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.say", "--server", "127.0.0.1:1", "--raw", _TEXT,
+            stdout=terminal, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 2
+    assert err.decode().count("\n") == 1 and "--raw: standard output is a terminal" in err.decode()
+
+
+async def test_the_server_address_comes_from_speakstream_address(app, tmp_path):
+    out = tmp_path / "env.wav"
+    env = dict(os.environ, SPEAKSTREAM_ADDRESS=app.address)
+    code, _, err = await _say(_TEXT, "-o", str(out), env=env)  # no --server
+    assert code == 0, err
+    assert out.stat().st_size > 1000
+    code, help_text, _ = await _say("--help", env=env)
+    assert "$SPEAKSTREAM_ADDRESS" in help_text.decode()
+
+
+async def test_list_voices_and_an_unknown_voice_points_at_it(app):
+    code, out, err = await _say("--server", app.address, "--list-voices")
+    assert code == 0, err
+    assert out.decode().splitlines() == ["* en_US-joe-medium  en_US  22050 Hz  medium  1 speaker"]
+    code, _, err = await _say("--server", app.address, "--voice", "nobody", _TEXT, "-o", "x.wav")
+    assert code == 2 and err.count("\n") == 1
+    assert "NOT_FOUND" in err and "speakstream-say --list-voices" in err
+
+
+async def test_a_file_that_is_not_utf8_is_a_usage_error(tmp_path):
+    text_file = tmp_path / "latin1.txt"
+    text_file.write_bytes("Caf\u00e9 au lait.".encode("latin-1"))
+    code, _, err = await _say("--server", "127.0.0.1:1", "--file", str(text_file), "-o", str(tmp_path / "x.wav"))
+    assert code == 2 and err.count("\n") == 1
+    assert "--file: not UTF-8 text (byte 0xe9 at offset 3)" in err
+
+
+async def test_live_a_pause_after_a_sentence_keeps_the_sentence_silence(app, stub):
+    """ "Hello there. " and a pause: the server's timer speaks it as a sentence, so the
+    next one follows after sentence silence, as in the whole text."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.say", "--live", "--raw", "--stats-json", "--server", app.address,
+        *_DETERMINISTIC, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    process.stdin.write(b"Hello there. ")
+    await process.stdin.drain()
+    # Audio before any more text: the server's timer has spoken the first sentence (the pause).
+    first = await asyncio.wait_for(process.stdout.read(2), _TIMEOUT)
+    process.stdin.write(b"How are you?")
+    process.stdin.close()
+    rest, err = await asyncio.wait_for(process.communicate(), _TIMEOUT)
+    assert process.returncode == 0, err.decode()
+    assert first + rest == await _stream_pcm(stub, _TEXT)  # with its silence between the sentences
+    assert '"sentences": 2' in err.decode()
+
+
+async def test_help_describes_long_texts_and_the_new_flags():
+    code, out, _ = await _say("--help")
+    assert code == 0
+    text = out.decode()
+    for phrase in ("long texts:", "--max-chars-per-call", "--list-voices", "--encoding", "a line per tenth",
+                   "holds the audio up to there"):
+        assert phrase in text, phrase
