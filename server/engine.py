@@ -329,7 +329,13 @@ class CallEngine:
     # -- scheduling ---------------------------------------------------------------
 
     def _top_up(self) -> None:
-        """Submit jobs in speaking order while fewer than `lookahead` are in flight."""
+        """Submit jobs in speaking order while fewer than `lookahead` are in flight.
+
+        A segment's encoder is submitted only once the segment before it is
+        encoded and its windows are known, so those windows (due sooner) are
+        queued before it: a worker never takes a later segment's encoder just
+        because the earlier windows did not exist yet.
+        """
         budget = self._lookahead - sum(_in_flight(w) for w in self._works)
         for work in self._works:
             if budget <= 0:
@@ -337,6 +343,8 @@ class CallEngine:
             if work.encode_job is None and not work.planned:
                 self._submit_encode(work)
                 budget -= 1
+            if not work.planned:
+                return
             for window in work.windows:
                 if budget <= 0:
                     return
@@ -346,9 +354,13 @@ class CallEngine:
 
     def _submit_encode(self, work: _Work) -> None:
         sessions, options, ids = self._sessions, self._options, work.segment.ids
-        work.encode_job = self._synth.scheduler.submit(
-            lambda run_options: sessions.encode(ids, options.scales, options.speaker_id, run_options),
-            due=work.due, deadline=self._deadline, owner=self._owner)
+        first = self._windows[0] if work.first_of_turn else self._windows[1]
+        largest = self._windows[1]
+
+        def run(run_options):
+            return _encode(sessions, ids, options, first, largest, run_options)
+
+        work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline, owner=self._owner)
         work.encode_job.future.add_done_callback(lambda future: self._encoded(work, future))
 
     def _encoded(self, work: _Work, future: asyncio.Future) -> None:
@@ -356,15 +368,13 @@ class CallEngine:
         if future.cancelled() or future.exception() is not None:
             self._changes.changed()
             return
-        encoded: Encoded = future.result()
+        encoded, plan, first_audio = future.result()
         work.encoded, work.planned = encoded, True
-        if encoded.audio is not None:
-            audio_s = encoded.audio.size / self._options.sample_rate
-            work.windows = [_Window(0, encoded.frames, audio=encoded.audio)]
-        else:
-            audio_s = encoded.frames * self._sessions.hop / self._options.sample_rate
-            first = self._windows[0] if work.first_of_turn else self._windows[1]
-            work.windows = [_Window(a, b) for a, b in plan_windows(encoded.frames, first, self._windows[1])]
+        work.windows = [_Window(a, b) for a, b in plan]
+        work.windows[0].audio = first_audio
+        self._synth.metrics.record_synthesized(first_audio.size, self._options.sample_rate)
+        audio_s = encoded.frames * self._sessions.hop / self._options.sample_rate if encoded.audio is None \
+            else encoded.audio.size / self._options.sample_rate
         self._phonemes_encoded += len(work.segment.phonemes)
         self._seconds_encoded += audio_s
         if work.epoch == self._epoch:
@@ -378,6 +388,18 @@ class CallEngine:
         window.job = self._synth.scheduler.submit(
             lambda run_options: sessions.decode(encoded, window.start, window.stop, run_options),
             due=work.due + offset_s, deadline=self._deadline, owner=self._owner)
+
+
+def _encode(sessions: VoiceSessions, ids, options: SynthesisOptions, first: int, largest: int,
+            run_options) -> tuple[Encoded, list[tuple[int, int]], np.ndarray]:
+    """A segment's encoder job (in a worker thread): encode, plan the windows, and decode the
+    first window at once, since it is due as soon as the encoder is done; a voice that runs
+    whole has one window, its audio."""
+    encoded = sessions.encode(ids, options.scales, options.speaker_id, run_options)
+    if encoded.audio is not None:
+        return encoded, [(0, encoded.frames)], encoded.audio
+    plan = plan_windows(encoded.frames, first, largest)
+    return encoded, plan, sessions.decode(encoded, *plan[0], run_options)
 
 
 def plan_windows(frames: int, first: int, largest: int) -> list[tuple[int, int]]:
