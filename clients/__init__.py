@@ -1,1 +1,1 @@
-"""speakstream clients: playback (speakstream-say), load generation, benchmarks."""
+"""speakstream clients: what users run (speakstream-say, speakstream-stats), the Node client and the ghz configs."""

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from fastaudio import Chunker, RingBuffer, RingClosed, RingFull
 
-# Measured with clients/bench_playback.py (docs/BENCHMARKS.md, "Playback client").
+# Measured with bench/playback.py (docs/BENCHMARKS.md, "Playback client").
 DEFAULT_PREBUFFER_MS = 100.0
 DEFAULT_MAX_PREBUFFER_MS = 2000.0
 
