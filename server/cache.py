@@ -24,14 +24,14 @@ class AudioCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[np.ndarray, Optional[np.ndarray]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Hashable) -> Optional[np.ndarray]:
-        """The cached audio for `key` (read-only), or None."""
+    def get(self, key: Hashable) -> Optional[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """The cached (audio, durations) for `key` (read-only), or None."""
         with self._lock:
             audio = self._entries.get(key)
             if audio is None:
@@ -41,17 +41,25 @@ class AudioCache:
             self.hits += 1
             return audio
 
-    def put(self, key: Hashable, audio: np.ndarray) -> None:
-        """Store `audio` (frozen, not copied), evicting the least recently used."""
-        if audio.nbytes > self.max_bytes:
+    def put(self, key: Hashable, audio: np.ndarray, durations: Optional[np.ndarray] = None) -> None:
+        """Store a segment's audio and its durations per id (frozen, not copied; they give
+        word timings again), evicting the least recently used."""
+        size = _nbytes(audio, durations)
+        if size > self.max_bytes:
             return
-        audio.flags.writeable = False
+        for array in (audio, durations):
+            if array is not None:
+                array.flags.writeable = False
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self.bytes -= old.nbytes
-            self._entries[key] = audio
-            self.bytes += audio.nbytes
+                self.bytes -= _nbytes(*old)
+            self._entries[key] = (audio, durations)
+            self.bytes += size
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.bytes -= evicted.nbytes
+                self.bytes -= _nbytes(*evicted)
+
+
+def _nbytes(audio: np.ndarray, durations: Optional[np.ndarray]) -> int:
+    return audio.nbytes + (durations.nbytes if durations is not None else 0)

@@ -2,27 +2,30 @@
 
 A call (one SynthesizeStream, Synthesize or SynthesizeLive, or any other
 door's) is a `CallEngine`. Its owner hands it spans of text to speak
-(`speak`): a request's sentences all at once, or a live call's sentences
-as they complete. The engine
+(`speak`), grouped in turns (`Turn`: a request's whole text, or one live
+context), spoken one turn after another. The engine
 
-1. phonemizes each span on the frontend thread into segments (a span's
-   first segment cut short when it starts a turn: sooner first audio);
+1. phonemizes each span on the frontend thread into segments (a turn's
+   first segment cut short: sooner first audio), with the words each
+   phoneme speaks when the call asked for timestamps;
 2. runs each segment's encoder as one scheduler job (ids -> latent frames
-   and durations), then decodes the frames in windows, each window a job
-   of its own: the first window of a turn small (first audio), later ones
-   larger (throughput). Voices that run whole have one job per segment;
-3. gives out the windows' audio in order (`pieces`), with the silence
-   between sentences as a piece of its own.
+   and durations), which also decodes the segment's first window, then
+   decodes the other windows, each a job of its own: the first window of a
+   turn small (first audio), later ones doubling up to `window_frames`
+   (throughput). Voices that run whole have one job per segment;
+3. gives out the windows' audio in order (`pieces`), the segment's word
+   timings with its first piece, the silence between sentences as a piece
+   of its own, and for a named turn an empty piece marking its end.
 
 Every job has a due time: when the audio before it will have played out,
-counted from the start of its turn (estimated from a rate of seconds per
+counted from the start of the speaking (estimated from a rate of seconds per
 phoneme, refined by each encoded segment's real length), so the scheduler
 runs whatever a listener will need soonest, across all calls. At most
 `lookahead_chunks` jobs of a call are queued, running or waiting to be
-given out. Leaving (`cancel_all`), a clear (`cancel_turn`) or a deadline
-stops every queued and running job of what was cancelled: the engine keeps
-each job until it settles, so a running inference is terminated, not left
-to finish.
+given out. Leaving (`cancel_all`), cancelling a turn (`cancel_turn`) or a
+deadline stops every queued and running job of what was cancelled: the
+engine keeps each job until it settles, so a running inference is
+terminated, not left to finish.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Optional
+from typing import TYPE_CHECKING, AsyncIterator, Optional, Union
 
 import numpy as np
 
@@ -43,6 +46,7 @@ from server.inference import Encoded
 from server.options import SynthesisOptions
 from server.pool import VoiceSessions
 from server.scheduler import Job
+from server.timings import Timestamps, WordTiming, word_timings
 
 if TYPE_CHECKING:
     from server.synthesis import Synthesizer
@@ -52,6 +56,7 @@ Span = tuple[int, int]
 # Audio per phoneme at speed 1 before a call has encoded anything: the due
 # time of segments not yet encoded; each encoded segment corrects it.
 _SECONDS_PER_PHONEME = 0.065
+_NO_AUDIO = np.zeros(0, np.float32)
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,26 @@ class AudioPiece:
     sentence_index: int
     final: bool = False
     """The call's last piece."""
+    words: tuple[WordTiming, ...] = ()
+    """Timings of the words of its segment, in samples from this piece's first sample."""
+    context_id: str = ""
+    context_end: bool = False
+    """The last piece of a named turn (flushed and spoken, or cancelled)."""
 
 
 class Turn:
-    """Spans spoken one after another and cancelled together (a request, or a live turn)."""
+    """Spans spoken one after another and cancelled together: a request, or a live context."""
 
-    def __init__(self, context_id: str = ""):
+    def __init__(self, context_id: str = "", announce_end: bool = False):
+        """:param announce_end: give out an empty piece with `context_end` after its last one."""
         self.context_id = context_id
+        self.announce_end = announce_end
+        self.spans: deque[SpanRequest] = deque()
+        self.closed = False
+        """No more spans will come."""
         self.cancelled = False
+        self.order = 0
+        """Its place among the call's turns (set when opened)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,7 @@ class SpanRequest:
     span: Span
     turn: Turn
     first_of_turn: bool = False
-    """Cut its first segment short and count due times afresh from now."""
+    """Cut its first segment short and, if nothing is queued before it, count due times from now."""
     ends_sentence: bool = True
     """False for a live call's forced cut: no silence after it, the sentence goes on."""
 
@@ -92,7 +109,7 @@ class _Window:
     start: int
     stop: int
     job: Optional[Job] = None
-    audio: Optional[np.ndarray] = None  # set when ready without a job (cache, whole-graph voice)
+    audio: Optional[np.ndarray] = None  # set when ready without a job of its own
 
 
 @dataclass
@@ -105,14 +122,22 @@ class _Work:
     due: float
     estimate_s: float
     epoch: int
-    """Which due-time clock its estimate was counted on (a new turn restarts the clock)."""
+    """Which due-time clock its estimate was counted on (a new turn may restart the clock)."""
     cache_key: Optional[tuple] = None
     encode_job: Optional[Job] = None
     encoded: Optional[Encoded] = None
     planned: bool = False
     """Its windows are known (from the cache, or once encoded); `windows` holds those not yet given out."""
     windows: list[_Window] = field(default_factory=list)
+    timings: tuple[WordTiming, ...] = ()
     done: list[np.ndarray] = field(default_factory=list)  # audio given out, kept only to cache it
+
+
+@dataclass(frozen=True)
+class _End:
+    """Marks where a named turn's pieces end."""
+
+    turn: Turn
 
 
 class CallEngine:
@@ -132,8 +157,10 @@ class CallEngine:
         settings = synth.settings
         self._lookahead = settings.lookahead_chunks
         self._windows = (settings.first_window_frames, settings.window_frames)
-        self._spans: deque[SpanRequest] = deque()
-        self._works: deque[_Work] = deque()
+        self._words = options.timestamps is not Timestamps.NONE and sessions.timestamps
+        self._turns: deque[Turn] = deque()  # turns with spans still to phonemize, in speaking order
+        self._opened = 0
+        self._works: deque[Union[_Work, _End]] = deque()
         self._closed = False
         self._error: Optional[BaseException] = None
         self._changes = Changes()
@@ -151,26 +178,45 @@ class CallEngine:
 
     # -- the owner's side ---------------------------------------------------
 
-    def speak(self, request: SpanRequest) -> None:
-        """Queue a span; it is spoken after every span queued before it."""
+    def open_turn(self, turn: Turn) -> None:
+        """Queue `turn`: its spans are spoken after those of every turn opened before it."""
         if self._producer is None:
             self._producer = asyncio.create_task(self._produce(), name=f"engine-{self._owner}")
-        self._spans.append(request)
+        self._opened += 1
+        turn.order = self._opened
+        self._turns.append(turn)
+        self._changes.changed()
+
+    def speak(self, request: SpanRequest) -> None:
+        """Queue a span of its (open) turn."""
+        request.turn.spans.append(request)
+        self._changes.changed()
+
+    def close_turn(self, turn: Turn) -> None:
+        """No more spans for `turn`: it ends once they are spoken."""
+        turn.closed = True
         self._changes.changed()
 
     def close(self) -> None:
-        """No more spans: the call ends once the queued ones are spoken."""
+        """No more turns: the call ends once the open ones are spoken (and closed)."""
         self._closed = True
+        for turn in self._turns:
+            turn.closed = True
         self._changes.changed()
 
     def cancel_turn(self, turn: Turn) -> None:
-        """Drop `turn`'s pending spans and stop its queued and running jobs; its audio
-        will not play, so due times count afresh."""
-        turn.cancelled = True
-        self._spans = deque(r for r in self._spans if r.turn is not turn)
-        for work in [w for w in self._works if w.turn is turn]:
+        """Drop `turn`'s pending spans and stop its queued and running jobs; the turns
+        after it go on. Its audio will not play, so due times count afresh."""
+        turn.cancelled = turn.closed = True
+        turn.spans.clear()
+        if turn in self._turns:
+            self._turns.remove(turn)
+        position = self._position_after(turn)
+        for work in [w for w in self._works if isinstance(w, _Work) and w.turn is turn]:
             self._works.remove(work)
             _cancel(work)
+        if turn.announce_end and not any(isinstance(w, _End) and w.turn is turn for w in self._works):
+            self._works.insert(min(position, len(self._works)), _End(turn))
         self._clock, self._audio_ahead_s, self._epoch = time.monotonic(), 0.0, self._epoch + 1
         self._changes.changed()
 
@@ -183,45 +229,43 @@ class CallEngine:
         """Stop everything: the producer and every queued or running job of the call."""
         if self._producer is not None:
             self._producer.cancel()
-        self._spans.clear()
+        self._turns.clear()
         while self._works:
-            _cancel(self._works.popleft())
+            item = self._works.popleft()
+            if isinstance(item, _Work):
+                _cancel(item)
 
     def playing_until(self) -> Optional[float]:
-        """When the audio of the current turn queued so far would have played out
-        (estimated as for due times); None before the turn has any."""
+        """When the audio queued so far would have played out (estimated as for due
+        times); None before any."""
         return self._clock + self._audio_ahead_s if self._audio_ahead_s else None
 
     async def pieces(self) -> AsyncIterator[AudioPiece]:
         """Audio pieces in order; the last has `final` (after close())."""
-        last_span, last_index, silence_due = (0, 0), 0, False
+        last = AudioPiece(_NO_AUDIO, (0, 0), 0)
+        silence_due = False
         while True:
             await self._changes.wait_until(self._has_news)
             if self._error is not None:
                 raise self._error
             if not self._works:
-                if self._hold_last and not self._pieces_out:
-                    # Letters espeak-ng has no phonemes for (check_text lets them through).
-                    raise InvalidArgument("text", "contains nothing speakable (no phonemes)")
-                yield AudioPiece(np.zeros(0, np.float32), (last_span[1], last_span[1]), last_index, final=True)
+                yield self._final_piece(last)
                 return
-            work = self._works[0]
-            async for audio, last in self._work_audio(work):
-                if silence_due and self._silence.size:
-                    self._pieces_out += 1
-                    yield AudioPiece(self._silence, (last_span[1], last_span[1]), work.segment.sentence_index)
-                silence_due, final = False, False
-                if last:
-                    self._finished(work)
-                    if self._hold_last:
-                        await self._changes.wait_until(self._has_news)
-                        final = not self._works and self._ended()
-                last_span, last_index = work.segment.span, work.segment.sentence_index
-                self._pieces_out += 1
-                yield AudioPiece(audio, work.segment.span, work.segment.sentence_index, final)
-                if final:
+            item = self._works[0]
+            if isinstance(item, _End):
+                self._works.popleft()
+                last = AudioPiece(_NO_AUDIO, (last.span[1],) * 2, last.sentence_index,
+                                  context_id=item.turn.context_id, context_end=True, final=self._is_final())
+                yield last
+                if last.final:
                     return
-            silence_due = work.segment.ends_sentence and not work.turn.cancelled
+                continue
+            async for piece in self._work_pieces(item, silence_due, last):
+                last = piece
+                yield piece
+                if piece.final:
+                    return
+            silence_due = item.segment.ends_sentence and not item.turn.cancelled
 
     # -- giving out -----------------------------------------------------------
 
@@ -229,7 +273,38 @@ class CallEngine:
         return self._error is not None or bool(self._works) or self._ended()
 
     def _ended(self) -> bool:
-        return self._closed and not self._spans and not self._busy
+        return self._closed and not self._turns and not self._busy
+
+    def _is_final(self) -> bool:
+        return not self._works and self._ended()
+
+    def _final_piece(self, last: AudioPiece) -> AudioPiece:
+        """The empty piece that ends a call whose last piece could not say `final`."""
+        if self._hold_last and not self._pieces_out:
+            # Letters espeak-ng has no phonemes for (check_text lets them through).
+            raise InvalidArgument("text", "contains nothing speakable (no phonemes)")
+        return AudioPiece(_NO_AUDIO, (last.span[1],) * 2, last.sentence_index, final=True,
+                          context_id=last.context_id)
+
+    async def _work_pieces(self, work: _Work, silence_due: bool, last: AudioPiece) -> AsyncIterator[AudioPiece]:
+        """The pieces of one segment: the silence before it if due, then its windows."""
+        segment, context = work.segment, work.turn.context_id
+        first = True
+        async for audio, is_last in self._work_audio(work):
+            if silence_due and self._silence.size:
+                self._pieces_out += 1
+                yield AudioPiece(self._silence, (last.span[1],) * 2, segment.sentence_index, context_id=context)
+                silence_due = False
+            final = False
+            if is_last:
+                self._finished(work)
+                if self._hold_last:
+                    await self._changes.wait_until(self._has_news)
+                    final = self._is_final()
+            self._pieces_out += 1
+            yield AudioPiece(audio, segment.span, segment.sentence_index, final,
+                             words=work.timings if first else (), context_id=context)
+            first = False
 
     async def _work_audio(self, work: _Work) -> AsyncIterator[tuple[np.ndarray, bool]]:
         """(audio, last) of each window of `work`, in order, as they are ready; nothing
@@ -251,12 +326,17 @@ class CallEngine:
                 window.audio = window.job.future.result()
                 self._synth.metrics.record_synthesized(window.audio.size, self._options.sample_rate)
             work.windows.pop(0)
-            if work.cache_key is not None:
-                work.done.append(window.audio)
-                if not work.windows:
-                    self._synth.cache.put(work.cache_key, np.concatenate(work.done))
+            self._keep_for_cache(work, window.audio)
             self._top_up()
             yield window.audio, not work.windows
+
+    def _keep_for_cache(self, work: _Work, audio: np.ndarray) -> None:
+        if work.cache_key is None:
+            return
+        work.done.append(audio)
+        if not work.windows:
+            durations = work.encoded.durations if work.encoded is not None else None
+            self._synth.cache.put(work.cache_key, np.concatenate(work.done), durations)
 
     def _finished(self, work: _Work) -> None:
         """`work` is given out entirely: make room for the next jobs."""
@@ -265,27 +345,48 @@ class CallEngine:
         self._top_up()
         self._changes.changed()  # the producer may phonemize the next span now
 
+    def _position_after(self, turn: Turn) -> int:
+        """Where `turn`'s pieces end in the queue: before the first piece of a later turn."""
+        return next((n for n, item in enumerate(self._works) if item.turn.order > turn.order), len(self._works))
+
     # -- producing --------------------------------------------------------------
 
     async def _produce(self) -> None:
-        """Phonemize queued spans into works, a couple of segments ahead of the encoders."""
+        """Phonemize the front turn's spans into works, a couple of segments ahead of the encoders."""
         try:
             while True:
-                await self._changes.wait_until(lambda: self._spans and len(self._works) < 2)
-                request = self._spans.popleft()
-                self._busy = True
-                try:
-                    segments = await self._synth.phonemize(request, self._index_for(request), self._options)
-                finally:
-                    self._busy = False
-                if not request.turn.cancelled:
-                    self._add_works(request, segments)
-                self._changes.changed()
+                await self._changes.wait_until(self._producible)
+                turn = self._turns[0]
+                if not turn.spans:  # closed, and every span phonemized
+                    self._turns.popleft()
+                    if turn.announce_end and not turn.cancelled:
+                        self._works.append(_End(turn))
+                    self._changes.changed()
+                    continue
+                await self._phonemize(turn.spans.popleft())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - given to the consumer, which raises it
-            self._error = exc
-            self._changes.changed()
+            self.fail(exc)
+
+    def _producible(self) -> bool:
+        if not self._turns:
+            return False
+        front = self._turns[0]
+        return (bool(front.spans) and self._queued_segments() < 2) or (front.closed and not front.spans)
+
+    def _queued_segments(self) -> int:
+        return sum(1 for item in self._works if isinstance(item, _Work))
+
+    async def _phonemize(self, request: SpanRequest) -> None:
+        self._busy = True
+        try:
+            segments = await self._synth.phonemize(request, self._index_for(request), self._options, self._words)
+        finally:
+            self._busy = False
+        if not request.turn.cancelled:
+            self._add_works(request, segments)
+        self._changes.changed()
 
     def _index_for(self, request: SpanRequest) -> int:
         """Sentence index of the span's segments: a new turn never continues a sentence
@@ -300,7 +401,8 @@ class CallEngine:
             segments[-1] = dataclasses.replace(segments[-1], ends_sentence=False)
         self._next_index = index + 1 if request.ends_sentence else index
         self._open_sentence = not request.ends_sentence
-        if request.first_of_turn:
+        if request.first_of_turn and not self._queued_segments():
+            # Nothing queued before this turn: its audio is wanted now.
             self._clock, self._audio_ahead_s, self._epoch = time.monotonic(), 0.0, self._epoch + 1
         for n, segment in enumerate(segments):
             self._works.append(self._work(segment, request.turn, first_of_turn=request.first_of_turn and n == 0))
@@ -316,10 +418,19 @@ class CallEngine:
             key = (options.voice.name, segment.ids, options.speaker_id, options.scales.length_scale)
             cached = cache.get(key)
             if cached is not None:
-                work.windows, work.planned = [_Window(0, 0, audio=cached)], True
+                audio, durations = cached
+                work.windows, work.planned = [_Window(0, 0, audio=audio)], True
+                work.timings = self._timings(segment, durations)
             else:
                 work.cache_key = key
         return work
+
+    def _timings(self, segment: Segment, durations: Optional[np.ndarray]) -> tuple[WordTiming, ...]:
+        if not segment.words or durations is None:
+            return ()
+        return word_timings(segment.phonemes, segment.words, durations, self._sessions.hop,
+                            self._options.voice.config.phoneme_id_map,
+                            self._options.timestamps is Timestamps.WORDS_AND_PHONEMES)
 
     def _seconds_per_phoneme(self) -> float:
         if self._phonemes_encoded:
@@ -336,8 +447,9 @@ class CallEngine:
         queued before it: a worker never takes a later segment's encoder just
         because the earlier windows did not exist yet.
         """
-        budget = self._lookahead - sum(_in_flight(w) for w in self._works)
-        for work in self._works:
+        works = [w for w in self._works if isinstance(w, _Work)]
+        budget = self._lookahead - sum(_in_flight(w) for w in works)
+        for work in works:
             if budget <= 0:
                 return
             if work.encode_job is None and not work.planned:
@@ -372,9 +484,10 @@ class CallEngine:
         work.encoded, work.planned = encoded, True
         work.windows = [_Window(a, b) for a, b in plan]
         work.windows[0].audio = first_audio
+        work.timings = self._timings(work.segment, encoded.durations)
         self._synth.metrics.record_synthesized(first_audio.size, self._options.sample_rate)
-        audio_s = encoded.frames * self._sessions.hop / self._options.sample_rate if encoded.audio is None \
-            else encoded.audio.size / self._options.sample_rate
+        audio_s = (encoded.frames * self._sessions.hop if encoded.audio is None
+                   else encoded.audio.size) / self._options.sample_rate
         self._phonemes_encoded += len(work.segment.phonemes)
         self._seconds_encoded += audio_s
         if work.epoch == self._epoch:
@@ -428,4 +541,3 @@ def _cancel(work: _Work) -> None:
     for window in work.windows:
         if window.job is not None:
             window.job.cancel()
-

@@ -17,6 +17,7 @@ to first audio is the time to synthesize that segment.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import unicodedata
@@ -25,6 +26,7 @@ from typing import Iterator, Sequence
 
 from piper_phonemize import phonemize_espeak
 
+from server.alignment import Word, align, cached_word_phonemes
 from server.voices import VoiceConfig
 
 _BOS, _EOS, _PAD = "^", "$", "_"
@@ -73,6 +75,9 @@ class Segment:
     """Which sentence of the request this segment belongs to, from 0."""
     ends_sentence: bool
     """True for the last segment of a sentence (silence may follow it)."""
+    words: tuple[Word, ...] = ()
+    """The words it speaks, their phonemes as indices into `phonemes`; only when timestamps
+    were asked for (a word cut in two by a segment limit stays with its first part)."""
 
 
 # Characters that are dropped before espeak-ng sees the text (see normalize).
@@ -258,18 +263,24 @@ class Frontend:
             yield from segments
 
     def span_segments(self, text: str, span: tuple[int, int], index: int, first: bool,
-                      config: VoiceConfig, length_scale: float = 1.0) -> list[Segment]:
+                      config: VoiceConfig, length_scale: float = 1.0, words: bool = False) -> list[Segment]:
         """Segments of one sentence span of `text` (normalized), all with `index`.
 
         :param first: cut the first segment short (first_chunk_phonemes), as
             for a request's first sentence; empty when the span has no phonemes.
+        :param words: find which words each phoneme speaks (server/alignment.py), for timestamps.
         """
         phonemes = sentence_phonemes(text[span[0]:span[1]], config.espeak_voice)
         if not phonemes:
             return []
         limits = self._limits(length_scale)
         first_limit = limits[0] if first else limits[1]
-        return list(self._cut(phonemes, text, span, index, (first_limit, limits[1]), config))
+        segments = list(self._cut(phonemes, text, span, index, (first_limit, limits[1]), config))
+        if words:
+            voice = config.espeak_voice
+            found = align(text, span, phonemes, lambda word: cached_word_phonemes(word, voice, phonemize))
+            segments = _with_words(segments, found)
+        return segments
 
     def _limits(self, length_scale: float) -> tuple[int, int]:
         scale = max(length_scale, 1e-3)
@@ -286,6 +297,22 @@ class Frontend:
                 sentence_index=index,
                 ends_sentence=n == len(pieces) - 1,
             )
+
+
+def _with_words(segments: list[Segment], words: list[Word]) -> list[Segment]:
+    """Each segment with the words whose first phoneme it holds, indices made its own."""
+    result, offset = [], 0
+    for segment in segments:
+        end = offset + len(segment.phonemes)
+        own = []
+        for word in words:
+            if offset <= word.phonemes[0] < end:
+                kept = [i - offset for i in word.phonemes if i < end]
+                sounds = sum(1 for i in word.phonemes[:word.sounds] if i < end)
+                own.append(Word(word.span, tuple(kept), sounds))
+        result.append(dataclasses.replace(segment, words=tuple(own)))
+        offset = end
+    return result
 
 
 def cut_phonemes(phonemes: list[str], first_limit: int, limit: int) -> list[list[str]]:

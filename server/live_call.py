@@ -28,6 +28,7 @@ class LiveCall:
         """:param max_chars: most characters the whole call may send (--max-chars)."""
         self._engine, self._seg, self._max_chars = engine, segmenter, max_chars
         self._turn = Turn()
+        engine.open_turn(self._turn)
         self._new_turn = True
         self._reader: Optional[asyncio.Task] = None
 
@@ -94,6 +95,7 @@ class LiveCall:
             self._seg.clear()
             self._engine.cancel_turn(self._turn)
             self._turn = Turn()
+            self._engine.open_turn(self._turn)
             self._new_turn = True
 
     def _emit(self, span: Optional[Span]) -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from server.encoding import Encoding, output_rate
 from server.errors import InvalidArgument, NotFound
 from server.frontend import speakable
-from server.pool import Scales
+from server.inference import Scales
+from server.timings import Timestamps
 from server.voices import Voice
 
 SPEED_RANGE = (0.25, 4.0)
@@ -35,6 +36,8 @@ class SynthesisOptions:
     chunk_ms: int
     output_rate: int = 0
     """Rate the client gets, in Hz; 0 = the voice's own rate."""
+    timestamps: Timestamps = Timestamps.NONE
+    """Which timings to send with the audio."""
 
     @property
     def sample_rate(self) -> int:

@@ -9,8 +9,9 @@ clicks at seams, one valid file across a stream's chunks).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from server.encoding import OFF_LOOP_ENCODINGS, encode_whole, stream_encoder
 from server.engine import AudioPiece
 from server.options import SynthesisOptions
 from server.resample import StreamResampler, resample
+from server.timings import WordTiming
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,29 @@ class OutputChunk:
     span: tuple[int, int]
     sentence_index: int
     final: bool
+    words: tuple[WordTiming, ...] = ()
+    """The words whose first sample is in this chunk, in samples from the stream's start."""
+    context_id: str = ""
+    context_end: bool = False
 
 
 class ChunkWriter:
-    """Turns one call's audio pieces into OutputChunks with running offsets."""
+    """Turns one call's audio pieces into OutputChunks with running offsets.
+
+    Word timings come with a piece relative to its first sample at the
+    voice's rate; they are placed in the stream (the samples of every piece
+    before), scaled to the output rate, and sent with the chunk their first
+    sample falls in, which after resampling may be a later chunk than their
+    piece's (the resampler holds back a few samples until more come).
+    """
 
     def __init__(self, options: SynthesisOptions):
         self._options = options
         self._sequence = 0
         self._offset = 0
+        self._voice_samples = 0  # samples of every piece so far, at the voice's rate
+        self._scale = options.client_rate / options.sample_rate
+        self._words: deque[WordTiming] = deque()
         rate = options.client_rate
         self._max_samples = options.chunk_ms * rate // 1000 if options.chunk_ms else 0
         self._resampler = StreamResampler(options.sample_rate, rate)
@@ -50,16 +66,28 @@ class ChunkWriter:
 
     async def chunks(self, piece: AudioPiece) -> AsyncIterator[OutputChunk]:
         """One or more chunks for `piece` (split by chunk_ms); the final piece flushes the encoder."""
+        self._words.extend(w.moved(self._voice_samples, self._scale) for w in piece.words)
+        self._voice_samples += piece.audio.size
         if self._off_loop:  # the pieces of one call still encode one after the other, in order
             encoded = await asyncio.get_running_loop().run_in_executor(None, self._encode, piece)
         else:
             encoded = self._encode(piece)
         for num_samples, data, final in encoded:
+            everything = final or piece.context_end
             yield OutputChunk(audio=data, sequence=self._sequence, sample_offset=self._offset,
                               num_samples=num_samples, span=piece.span,
-                              sentence_index=piece.sentence_index, final=final)
+                              sentence_index=piece.sentence_index, final=final,
+                              words=self._words_before(self._offset + num_samples, everything),
+                              context_id=piece.context_id, context_end=piece.context_end)
             self._sequence += 1
             self._offset += num_samples
+
+    def _words_before(self, end: int, everything: bool) -> tuple[WordTiming, ...]:
+        """The pending words that start before sample `end` (all of them at the end)."""
+        out = []
+        while self._words and (everything or self._words[0].start < end):
+            out.append(self._words.popleft())
+        return tuple(out)
 
     def _encode(self, piece: AudioPiece) -> list[tuple[int, bytes, bool]]:
         """(samples, bytes, final) of each chunk of `piece`: resampled, split by chunk_ms, encoded."""
@@ -75,6 +103,15 @@ class ChunkWriter:
                 data += self._encoder.finish()
             out.append((audio.size, data, final))
         return out
+
+
+def stream_words(pieces: Iterable[AudioPiece], options: SynthesisOptions) -> list[WordTiming]:
+    """Every word timing of the pieces, in samples from the first, at the output rate."""
+    words, offset, scale = [], 0, options.client_rate / options.sample_rate
+    for piece in pieces:
+        words.extend(w.moved(offset, scale) for w in piece.words)
+        offset += piece.audio.size
+    return words
 
 
 def encode_pieces(pieces: list[AudioPiece], options: SynthesisOptions) -> tuple[np.ndarray, bytes]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from server import graph as graph_split
@@ -362,6 +363,7 @@ class SessionPool:
         self._voices: dict[str, VoiceSessions] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._has_durations: dict[str, bool] = {}
 
     def sessions(self, voice: Voice) -> VoiceSessions:
         """The sessions of `voice`, loading them if needed (blocking; call off the loop).
@@ -403,6 +405,21 @@ class SessionPool:
         for name in idle:
             _LOGGER.info("voice %s unloaded after %.0f s idle", name, idle_s)
         return idle
+
+    def timestamps(self, voice: Voice) -> bool:
+        """Whether `voice` gives word timings: checked on its sessions when loaded, else on its
+        graph's structure (blocking the first time for a voice: call off the loop)."""
+        loaded = self.loaded(voice)
+        if loaded is not None:
+            return loaded.timestamps
+        known = self._has_durations.get(voice.name)
+        if known is None:
+            try:
+                known = graph_split.find_durations(onnx.load(str(voice.model_path)).graph) is not None
+            except Exception:  # noqa: BLE001 - an unreadable model fails its calls, named, elsewhere
+                known = False
+            self._has_durations[voice.name] = known
+        return known
 
     def loaded(self, voice: Voice) -> Optional[VoiceSessions]:
         """The sessions of `voice` if already loaded, else None (non-blocking)."""

@@ -21,7 +21,8 @@ from server.config import Settings
 from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.metrics import CallRecord, Metrics
-from server.output import ChunkWriter, OutputChunk, encode_pieces
+from server.output import ChunkWriter, OutputChunk, encode_pieces, stream_words
+from server.timings import Timestamps, WordTiming
 from server.scheduler import Scheduler
 from server.synthesis import AudioPiece, Synthesizer
 from server.voices import VoiceRegistry
@@ -74,6 +75,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 sample_rate_hz=options.client_rate,
                 num_samples=audio.size,
                 sentences=_sentence_spans(pieces),
+                words=[_word_proto(w) for w in stream_words(pieces, options)],
             )
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
@@ -125,7 +127,11 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         async with self._metrics.track("ListVoices", context) as call:
             call.request_id = await _start_call(context)
             default = self._voices.default.name
-            return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default) for v in self._voices])
+            voices = list(self._voices)
+            timestamps = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: [self._synth.pool.timestamps(v) for v in voices])
+            return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default, t)
+                                                 for v, t in zip(voices, timestamps)])
 
     def _options(self, request: pb.SynthesizeRequest, call: CallRecord,
                  live: bool = False) -> opts.SynthesisOptions:
@@ -150,6 +156,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             encoding=encoding,
             chunk_ms=opts.check_chunk_ms(request.chunk_ms),
             output_rate=opts.check_sample_rate(voice, encoding, request.sample_rate_hz),
+            timestamps=_timestamps(request.timestamps),
         )
 
 
@@ -188,6 +195,13 @@ def _silence(request) -> float:
     return opts.check_range("sentence_silence_s", value, opts.SILENCE_RANGE_S)
 
 
+def _timestamps(value: int) -> Timestamps:
+    try:
+        return Timestamps(value)
+    except ValueError:
+        raise InvalidArgument("timestamps", f"unsupported value {value}") from None
+
+
 def _encoding(value: int) -> Encoding:
     encoding = _ENCODINGS.get(value)
     if encoding is None:
@@ -206,7 +220,18 @@ def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions) -> pb.Audio
         text_span=pb.TextSpan(start=chunk.span[0], end=chunk.span[1]),
         sentence_index=chunk.sentence_index,
         final=chunk.final,
+        words=[_word_proto(w) for w in chunk.words],
+        context_id=chunk.context_id,
+        context_end=chunk.context_end,
     )
+
+
+def _word_proto(word: WordTiming) -> pb.WordTiming:
+    return pb.WordTiming(
+        text_span=pb.TextSpan(start=word.span[0], end=word.span[1]),
+        start_sample=word.start, end_sample=word.end,
+        phonemes=[pb.PhonemeTiming(phoneme=p.phoneme, start_sample=p.start, end_sample=p.end)
+                  for p in word.phonemes])
 
 
 def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:
@@ -219,9 +244,9 @@ def _sentence_spans(pieces: list[AudioPiece]) -> list[pb.TextSpan]:
     return [pb.TextSpan(start=s, end=e) for s, e in spans.values()]
 
 
-def _voice_proto(voice, is_default: bool) -> pb.Voice:
+def _voice_proto(voice, is_default: bool, timestamps: bool) -> pb.Voice:
     cfg = voice.config
     speakers = [pb.Speaker(id=i, name=n) for n, i in sorted(cfg.speaker_id_map.items(), key=lambda kv: kv[1])]
     return pb.Voice(name=voice.name, language=cfg.language, sample_rate_hz=cfg.sample_rate,
                     num_speakers=cfg.num_speakers, quality=cfg.quality,
-                    is_default=is_default, speakers=speakers)
+                    is_default=is_default, speakers=speakers, timestamps=timestamps)

@@ -62,6 +62,7 @@ class Synthesizer:
         engine = self.engine(sessions, options, deadline, owner)
         text, spans = await self.run_on_frontend(_sentences, options.text)
         turn = Turn()
+        engine.open_turn(turn)
         for n, span in enumerate(spans):
             engine.speak(SpanRequest(text, span, turn, first_of_turn=n == 0))
         engine.close()
@@ -82,10 +83,14 @@ class Synthesizer:
             _LOGGER.error("voice %s: %s", options.voice.name, exc)
             raise VoiceUnavailable(f"{options.voice.name}: {exc}") from None
 
-    async def phonemize(self, request: SpanRequest, index: int, options: SynthesisOptions) -> list[Segment]:
-        """The segments of one span (sentence `index`), phonemized on the frontend thread."""
+    async def phonemize(self, request: SpanRequest, index: int, options: SynthesisOptions,
+                        words: bool = False) -> list[Segment]:
+        """The segments of one span (sentence `index`), phonemized on the frontend thread.
+
+        :param words: with the words each phoneme speaks (for timestamps).
+        """
         segments, seconds = await self.run_on_frontend(
-            _timed_segments, self.frontend, request, index, options)
+            _timed_segments, self.frontend, request, index, options, words)
         self.metrics.record_phonemization(seconds)
         return segments
 
@@ -101,8 +106,8 @@ def _sentences(text: str) -> tuple[str, list[tuple[int, int]]]:
 
 
 def _timed_segments(frontend: Frontend, request: SpanRequest, index: int,
-                    options: SynthesisOptions) -> tuple[list[Segment], float]:
+                    options: SynthesisOptions, words: bool) -> tuple[list[Segment], float]:
     start = time.monotonic()
     segments = frontend.span_segments(request.text, request.span, index, request.first_of_turn,
-                                      options.voice.config, options.scales.length_scale)
+                                      options.voice.config, options.scales.length_scale, words)
     return segments, time.monotonic() - start
