@@ -108,9 +108,13 @@ def format_table(s: pb.StatsSnapshot, server: str = "") -> str:
 
 def _requests(r: pb.RequestStats) -> list[str]:
     lines = [f"requests   total {r.total}  in flight {r.in_flight}  rejected {r.rejected}  cancelled {r.cancelled}"]
-    for rpc in r.rpcs:
-        statuses = "  ".join(f"{code} {n}" for code, n in sorted(rpc.by_status.items()))
-        lines.append(f"  {rpc.method:<18} total {rpc.total:<6} in flight {rpc.in_flight:<4} {statuses}".rstrip())
+    doors = dict.fromkeys(rpc.door or "grpc" for rpc in r.rpcs)  # in the server's order: grpc first
+    for door in doors:
+        if len(doors) > 1:
+            lines.append(f"  door {door:<13} total {r.by_door.get(door, 0)}")
+        for rpc in (rpc for rpc in r.rpcs if (rpc.door or "grpc") == door):
+            statuses = "  ".join(f"{code} {n}" for code, n in sorted(rpc.by_status.items()))
+            lines.append(f"  {rpc.method:<22} total {rpc.total:<6} in flight {rpc.in_flight:<4} {statuses}".rstrip())
     return lines
 
 

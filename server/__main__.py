@@ -100,6 +100,10 @@ async def serve(settings: Settings) -> None:
     from server.app import start  # heavy imports after argument errors are reported
 
     app = await start(settings)
+    if app.doors.http is not None:
+        print(f"speakstream http on {settings.host}:{app.doors.http_port}", flush=True)
+    if app.doors.wyoming is not None:
+        print(f"speakstream wyoming on {settings.host}:{app.doors.wyoming_port}", flush=True)
     print(f"speakstream listening on {app.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

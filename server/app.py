@@ -17,6 +17,7 @@ from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesiz
 
 from server import transport
 from server.config import Settings
+from server.doors.serve import Doors, check_ports, start_doors
 from server.errors import BindError, VoiceLoadError
 from server.gpu import GpuMonitor
 from server.memory import tune_malloc
@@ -60,8 +61,11 @@ class App:
     gpu: Optional[GpuMonitor] = None
     voice_reaper: Optional[asyncio.Future] = None
     trimmer: Optional[IdleTrimmer] = None
+    doors: Doors = field(default_factory=Doors)
+    """The HTTP and Wyoming doors that are on (server/doors/)."""
     parts: AsyncExitStack = field(default_factory=AsyncExitStack)
-    """What stops after the server, last started first: tracing, exporter, NVML, frontend thread, trimmer, workers."""
+    """What stops after the server, last started first: doors, tracing, exporter, NVML, frontend thread,
+    trimmer, workers."""
 
     @property
     def metrics_port(self) -> Optional[int]:
@@ -81,7 +85,9 @@ class App:
         await self.health.enter_graceful_shutdown()
         if self.stats is not None:
             await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
-        await self.server.stop(self.settings.grace_s if grace is None else grace)
+        grace = self.settings.grace_s if grace is None else grace
+        # The other doors' calls get the same grace, side by side with the gRPC calls.
+        await asyncio.gather(self.server.stop(grace), self.doors.stop(grace))
         await self.parts.aclose()
 
 
@@ -107,7 +113,9 @@ async def start(settings: Settings, voices: Optional[VoiceRegistry] = None) -> A
     port = _bind(server, settings, security)
     parts = AsyncExitStack()
     try:
+        check_ports(settings)
         app = await _assemble(settings, voices, server, port, parts)
+        app.doors = await start_doors(app, security, parts)
         await server.start()
     except BaseException:
         await parts.aclose()

@@ -30,6 +30,7 @@ GROUPS = {
     "memory": "memory",
     "limits": "limits",
     "security": "security: TLS and authentication (docs/OPERATIONS.md)",
+    "doors": "other doors: the OpenAI speech API, WebSocket and page over HTTP; Wyoming (docs/API.md)",
     "observability": "observability: logs, metrics, profiling",
 }
 
@@ -297,6 +298,28 @@ class Settings:
     admin_token_file: Optional[Path] = setting(None, "security", "admin bearer tokens, one per line: only they "
                                                                  "may call Stats.ProfileMemory")
     """Bearer tokens for admin-only methods (Stats.ProfileMemory), one per line; they work everywhere."""
+
+    # --- doors
+    http_port: Optional[int] = setting(None, "doors", "serve the OpenAI speech API (/v1/audio/speech), the "
+                                                      "WebSocket live endpoint (/v1/audio/live) and a page to try "
+                                                      "them (/) on http://HOST:PORT, https with --tls-cert; 0 picks "
+                                                      "a free port (default: off)", range=(0, 65535))
+    """Port of the HTTP door (server/doors/http.py) on `host`; None = off, 0 = a free port."""
+
+    wyoming_port: Optional[int] = setting(None, "doors", "serve the Wyoming protocol (Home Assistant) on "
+                                                         "tcp://HOST:PORT; it has no tokens and no TLS "
+                                                         "(0 picks a free port; default: off)", range=(0, 65535))
+    """Port of the Wyoming door (server/doors/wyoming.py) on `host`; None = off, 0 = a free port."""
+
+    openai_voices: str = setting("", "doors", "OpenAI voice names to voices, NAME=VOICE[:SPEAKER] separated by "
+                                              "commas, e.g. 'alloy=en_US-joe-medium,echo=en_US-lessac' (default: "
+                                              "every OpenAI voice name is the default voice)")
+    """The OpenAI door's table of voice names (server/doors/openai_api.py); names not listed are the default voice."""
+
+    http_read_timeout_s: float = setting(10.0, "doors", "seconds an HTTP client has to send a request's headers "
+                                                        "and its body; slower uploads get 408",
+                                         range=(0.1, 3_600))
+    """Time for a request's headers and body on the HTTP door (slow-loris uploads end with 408)."""
 
     # --- observability
     log_level: str = setting("INFO", "observability", "logging level, upper or lower case",

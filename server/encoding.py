@@ -4,8 +4,10 @@ Every encoding has a per-stream encoder (`stream_encoder`) that carries its
 state across the chunks of one call, and a one-shot form (`encode_whole`)
 for the unary Synthesize. PCM (LINEAR16, FLOAT32, WAV's payload) is exact;
 G.711 (MULAW, ALAW) and FLAC are libsndfile's (the `soundfile` package),
-Ogg/Opus is FFmpeg's libopus (the `av` package, whose wheels bundle it),
-each written incrementally into an in-memory sink: each call to `encode`
+Ogg/Opus, MP3 and AAC are FFmpeg's libopus, LAME and native AAC encoder (the
+`av` package, whose wheels bundle them; MP3 and AAC are served by the HTTP
+door only, the gRPC contract has no value for them), each written
+incrementally into an in-memory sink: each call to `encode`
 returns the bytes the codec has produced so far, so the concatenation of a
 stream's chunks is one valid file or byte stream.
 """
@@ -25,7 +27,7 @@ from server.errors import InvalidArgument
 
 
 class Encoding(enum.Enum):
-    """Output encodings, mirroring speakstream.v1.AudioEncoding."""
+    """Output encodings: speakstream.v1.AudioEncoding's, and MP3 and AAC for the HTTP door."""
 
     LINEAR16 = "linear16"
     FLOAT32 = "float32"
@@ -34,10 +36,18 @@ class Encoding(enum.Enum):
     ALAW = "alaw"
     OGG_OPUS = "ogg_opus"
     FLAC = "flac"
+    MP3 = "mp3"
+    """MPEG-1/2 Layer III frames (no ID3 tag, no Xing header: a stream)."""
+    AAC = "aac"
+    """AAC-LC in ADTS frames (the stream form of AAC)."""
 
 
 # The rates Opus encodes at; other rates are resampled up to the next of these.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# Likewise for the MPEG codecs (MP3: MPEG-1, -2 and -2.5 layer III rates).
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_CODEC_RATES = {"OGG_OPUS": OPUS_RATES, "MP3": MP3_RATES, "AAC": AAC_RATES}
 # (format, subtype, sample type fed to libsndfile) of the libsndfile encodings.
 # 16-bit input where the codec stores 16 bits or less, so our rounding and
 # clipping (to_int16) decide the samples, exactly as for LINEAR16.
@@ -49,7 +59,7 @@ _SOUNDFILE = {
 # Encodings whose streamed encoding runs in a worker thread, not on the event
 # loop: Opus costs a few ms of CPU per audio second; the others well under 1 ms
 # (docs/BENCHMARKS.md).
-OFF_LOOP_ENCODINGS = frozenset({Encoding.OGG_OPUS})
+OFF_LOOP_ENCODINGS = frozenset({Encoding.OGG_OPUS, Encoding.MP3, Encoding.AAC})
 
 # Opus: 64 kbit/s mono (a fifth of LINEAR16 at 22 kHz), libopus's "audio"
 # application, complexity 5 of 10, which keeps the encoder well under a tenth
@@ -59,6 +69,15 @@ OFF_LOOP_ENCODINGS = frozenset({Encoding.OGG_OPUS})
 OPUS_BITRATE = 64_000
 OPUS_COMPLEXITY = 5
 _OGG_OPTIONS = {"page_duration": "20000", "flush_packets": "1"}
+# MP3 and AAC: 64 kbit/s mono too. No ID3 tag and no Xing header for MP3 (that
+# header is patched at the end of a file, which a stream has already sent).
+MPEG_BITRATE = 64_000
+# (container, codec, muxer options, frame sample format) of each PyAV encoding.
+_PYAV = {
+    Encoding.OGG_OPUS: ("ogg", "libopus", _OGG_OPTIONS, "flt"),
+    Encoding.MP3: ("mp3", "libmp3lame", {"write_xing": "0", "id3v2_version": "0", "flush_packets": "1"}, "fltp"),
+    Encoding.AAC: ("adts", "aac", {"flush_packets": "1"}, "fltp"),
+}
 
 # A streamed WAV's RIFF and data sizes: unknown, so the largest value (the
 # convention of streaming WAV writers such as ffmpeg and sox; decoders read
@@ -67,9 +86,10 @@ WAV_UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def output_rate(encoding: Encoding, requested: int) -> int:
-    """The rate audio is sent at: `requested`, or for Opus the next rate Opus supports."""
-    if encoding is Encoding.OGG_OPUS:
-        return next((rate for rate in OPUS_RATES if rate >= requested), OPUS_RATES[-1])
+    """The rate audio is sent at: `requested`, or for Opus, MP3 and AAC the next rate the codec supports."""
+    rates = _CODEC_RATES.get(encoding.name)
+    if rates is not None:
+        return next((rate for rate in rates if rate >= requested), rates[-1])
     return requested
 
 
@@ -193,23 +213,28 @@ class _SoundFileEncoder:
         return self.sink.take()
 
 
-class _OpusEncoder:
-    """Ogg/Opus through libopus (PyAV), written into a BytesIO; `take` hands out what is new."""
+class _PyAvEncoder:
+    """Ogg/Opus, MP3 or AAC through FFmpeg (PyAV), written into a BytesIO; `take` hands out what is new."""
 
-    def __init__(self, sample_rate: int):
+    def __init__(self, encoding: Encoding, sample_rate: int):
+        container, codec, options, self._format = _PYAV[encoding]
         self.sink = io.BytesIO()
         self._taken = 0
         self._pts = 0
         self._rate = sample_rate
-        self._container = av.open(self.sink, "w", format="ogg", options=_OGG_OPTIONS)
-        self._stream = self._container.add_stream("libopus", rate=sample_rate, layout="mono")
-        self._stream.bit_rate = OPUS_BITRATE
-        self._stream.options = {"compression_level": str(OPUS_COMPLEXITY), "application": "audio"}
+        self._container = av.open(self.sink, "w", format=container, options=options)
+        self._stream = self._container.add_stream(codec, rate=sample_rate, layout="mono")
+        if encoding is Encoding.OGG_OPUS:
+            self._stream.bit_rate = OPUS_BITRATE
+            self._stream.options = {"compression_level": str(OPUS_COMPLEXITY), "application": "audio"}
+        else:
+            self._stream.bit_rate = MPEG_BITRATE
 
     def encode(self, audio: np.ndarray) -> bytes:
         if audio.size:
+            # Mono: the packed ("flt") and planar ("fltp") layouts are the same bytes.
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32)[np.newaxis, :],
-                                               format="flt", layout="mono")
+                                               format=self._format, layout="mono")
             frame.sample_rate, frame.pts = self._rate, self._pts
             self._pts += audio.size
             self._mux(frame)
@@ -232,8 +257,9 @@ class _OpusEncoder:
 
 def check_rate(encoding: Encoding, sample_rate: int) -> None:
     """InvalidArgument naming sample_rate_hz when `encoding` cannot carry `sample_rate`."""
-    if encoding is Encoding.OGG_OPUS and sample_rate not in OPUS_RATES:
-        raise InvalidArgument("sample_rate_hz", f"Opus encodes at {', '.join(map(str, OPUS_RATES))} Hz, "
+    rates = _CODEC_RATES.get(encoding.name)
+    if rates is not None and sample_rate not in rates:
+        raise InvalidArgument("sample_rate_hz", f"{encoding.name} encodes at {', '.join(map(str, rates))} Hz, "
                               f"not {sample_rate}")
 
 
@@ -244,8 +270,8 @@ def stream_encoder(encoding: Encoding, sample_rate: int) -> StreamEncoder:
         return _PcmEncoder(encoding)
     if encoding is Encoding.WAV:
         return _WavStreamEncoder(sample_rate)
-    if encoding is Encoding.OGG_OPUS:
-        return _OpusEncoder(sample_rate)
+    if encoding in _PYAV:
+        return _PyAvEncoder(encoding, sample_rate)
     return _SoundFileEncoder(encoding, sample_rate)
 
 
@@ -256,8 +282,8 @@ def encode_whole(audio: np.ndarray, encoding: Encoding, sample_rate: int) -> byt
         return encode_pcm(audio, encoding)
     if encoding is Encoding.WAV:
         return encode_wav(audio, sample_rate)
-    if encoding is Encoding.OGG_OPUS:
-        encoder = _OpusEncoder(sample_rate)
+    if encoding in _PYAV:
+        encoder = _PyAvEncoder(encoding, sample_rate)
         return encoder.encode(audio) + encoder.finish()
     encoder = _SoundFileEncoder(encoding, sample_rate)
     encoder.encode(audio)

@@ -1,4 +1,4 @@
-"""The metrics registry: request counters by RPC and status, latency histograms, audio totals.
+"""The metrics registry: request counters by RPC, door and status, latency histograms, audio totals.
 
 Everything here is written on the event loop only (worker threads hand their
 timings back to it), so recording takes no lock: a counter is an int, a
@@ -23,6 +23,7 @@ import grpc
 from speakstream.v1 import synthesizer_pb2
 
 from server.changes import Changes
+from server.errors import SpeakstreamError
 from server.requestlog import log_request
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ BUCKET_BOUNDS_S: tuple[float, ...] = (
 # first call; read from the contract so an RPC added there is listed too.
 SYNTHESIZER_RPCS: tuple[str, ...] = tuple(
     method.name for method in synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].methods)
+# The door of the Synthesizer service's RPCs; the other doors (server/doors/) name
+# their calls "<door>:<what>" ("http:/v1/audio/speech", "wyoming:synthesize").
+GRPC_DOOR = "grpc"
+# Calls that list voices or models and make no audio: no generation time.
+LISTING_CALLS = frozenset({"ListVoices", "http:/v1/models", "http:/v1/audio/voices", "wyoming:describe"})
 
 
 class Histogram:
@@ -81,11 +87,14 @@ class Histogram:
 class CallRecord:
     """One call being tracked; the servicer fills in what it learns."""
 
-    __slots__ = ("rpc", "request_id", "voice", "characters", "samples", "sample_rate",
+    __slots__ = ("rpc", "door", "status", "request_id", "voice", "characters", "samples", "sample_rate",
                  "started", "first_audio_at")
 
-    def __init__(self, rpc: str):
+    def __init__(self, rpc: str, door: str = GRPC_DOOR):
         self.rpc = rpc
+        self.door = door
+        self.status: Optional[str] = None
+        """Set by a door that answers an error itself (a gRPC status name, "INVALID_ARGUMENT")."""
         self.request_id = ""
         self.voice = ""
         self.characters = 0
@@ -121,6 +130,8 @@ class Metrics:
         self.queue_wait = Histogram()
         self.by_rpc_status: dict[tuple[str, str], int] = {}
         self.in_flight: dict[str, int] = dict.fromkeys(SYNTHESIZER_RPCS, 0)
+        self.doors: dict[str, str] = dict.fromkeys(SYNTHESIZER_RPCS, GRPC_DOOR)
+        """Every call name seen or registered -> its door."""
         self.sent_audio_s = 0.0
         self.synthesized_audio_s = 0.0
         self.characters = 0
@@ -148,28 +159,38 @@ class Metrics:
         if self.enabled and sample_rate:
             self.synthesized_audio_s += samples / sample_rate
 
+    def register(self, door: str, calls: Iterable[str]) -> None:
+        """List a door's calls in every snapshot from now on, before their first call."""
+        for name in calls:
+            self.doors[name] = door
+            self.in_flight.setdefault(name, 0)
+
     @contextlib.asynccontextmanager
-    async def track(self, rpc: str, context):
+    async def track(self, rpc: str, context=None, door: str = GRPC_DOOR):
         """Count, time and log one call of `rpc`; yields its CallRecord.
 
         The outcome is the status the call ends with: OK, the code it was
         aborted with, CANCELLED when the client went away (the servicer sees
         CancelledError or, at a yield, GeneratorExit), or DEADLINE_EXCEEDED
-        when that happened because its deadline passed.
+        when that happened because its deadline passed. Another door passes
+        no gRPC `context`: its call's outcome is the status it set on the
+        record (an error it answered itself), the code of the
+        SpeakstreamError that escaped, or CANCELLED.
         """
-        call = CallRecord(rpc)
+        call = CallRecord(rpc, door)
+        self.doors.setdefault(rpc, door)
         self.in_flight[rpc] = self.in_flight.get(rpc, 0) + 1
         code = "OK"
         try:
             yield call
         except (asyncio.CancelledError, GeneratorExit):
-            code = _cancel_code(context)
+            code = "CANCELLED" if context is None else _cancel_code(context)
             raise
-        except BaseException:
-            code = _abort_code(context)
+        except BaseException as exc:
+            code = _error_code(exc) if context is None else _abort_code(context)
             raise
         finally:
-            self._finish(call, code)
+            self._finish(call, call.status or code)
 
     def _finish(self, call: CallRecord, code: str) -> None:
         ended = time.monotonic()
@@ -179,7 +200,7 @@ class Metrics:
             self.by_rpc_status[key] = self.by_rpc_status.get(key, 0) + 1
             if call.first_audio_at is not None:
                 self.time_to_first_audio.record(call.first_audio_at - call.started)
-            if code == "OK" and call.rpc != "ListVoices":
+            if code == "OK" and call.rpc not in LISTING_CALLS:
                 self.generation.record(ended - call.started)
             self.sent_audio_s += call.audio_s
             self.characters += call.characters
@@ -193,10 +214,11 @@ class Metrics:
         """Calls being tracked now."""
         return sum(self.in_flight.values())
 
-    def count(self, rpc: Optional[str] = None, status: Optional[str] = None) -> int:
-        """Calls finished, optionally of one RPC and/or one status name."""
+    def count(self, rpc: Optional[str] = None, status: Optional[str] = None, door: Optional[str] = None) -> int:
+        """Calls finished, optionally of one RPC, one status name and/or one door."""
         return sum(n for (r, s), n in self.by_rpc_status.items()
-                   if (rpc is None or r == rpc) and (status is None or s == status))
+                   if (rpc is None or r == rpc) and (status is None or s == status)
+                   and (door is None or self.doors.get(r) == door))
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once `predicate()` holds; it is re-checked whenever a call finishes."""
@@ -219,3 +241,8 @@ def _abort_code(context) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return "UNKNOWN"
+
+
+def _error_code(exc: BaseException) -> str:
+    """The status name of an error that ended another door's call."""
+    return exc.code.name if isinstance(exc, SpeakstreamError) else "INTERNAL"

@@ -102,12 +102,18 @@ def _request_families(r: pb.RequestStats) -> list:
                                 labels=("method", "code"))
     in_flight = GaugeMetricFamily(_PREFIX + "requests_in_flight", "Calls running now, by RPC.",
                                   labels=("method",))
+    by_door = CounterMetricFamily(_PREFIX + "door_requests", "Calls finished, by door (grpc, http, ws, wyoming) "
+                                  "and gRPC status code.", labels=("door", "code"))
+    door_codes: dict[tuple[str, str], int] = {}
     for rpc in r.rpcs:
         in_flight.add_metric((rpc.method,), rpc.in_flight)
         for code, n in sorted(rpc.by_status.items()):
             total.add_metric((rpc.method, code), n)
+            door_codes[rpc.door, code] = door_codes.get((rpc.door, code), 0) + n
+    for key, n in sorted(door_codes.items()):
+        by_door.add_metric(key, n)
     return [
-        total, in_flight,
+        total, in_flight, by_door,
         _counter("requests_rejected", "Calls refused at admission (RESOURCE_EXHAUSTED).", r.rejected),
         _counter("requests_cancelled", "Calls cancelled by the client.", r.cancelled),
     ]

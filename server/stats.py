@@ -25,7 +25,7 @@ from speakstream.v1 import stats_pb2_grpc as pb_grpc
 from server.cache import AudioCache
 from server.gpu import GpuMonitor
 from server.memory import peak_rss_bytes, rss_bytes
-from server.metrics import SYNTHESIZER_RPCS, Histogram, Metrics
+from server.metrics import GRPC_DOOR, SYNTHESIZER_RPCS, Histogram, Metrics
 from server.pool import SessionPool
 from server.scheduler import Scheduler
 
@@ -85,9 +85,12 @@ class SnapshotBuilder:
                                 rejected=self._scheduler.counters.calls_rejected,
                                 cancelled=m.count(status="CANCELLED"))
         rpcs = dict.fromkeys(SYNTHESIZER_RPCS)
+        rpcs.update(dict.fromkeys(m.doors))  # the doors' calls, registered when each door started
         rpcs.update(dict.fromkeys(rpc for rpc, _ in m.by_rpc_status))
         for rpc in rpcs:
-            entry = stats.rpcs.add(method=rpc, total=m.count(rpc), in_flight=m.in_flight.get(rpc, 0))
+            door = m.doors.get(rpc, GRPC_DOOR)
+            entry = stats.rpcs.add(method=rpc, total=m.count(rpc), in_flight=m.in_flight.get(rpc, 0), door=door)
+            stats.by_door[door] = stats.by_door[door] + entry.total
             for (r, status), n in m.by_rpc_status.items():
                 if r == rpc:
                     entry.by_status[status] = n
