@@ -88,6 +88,8 @@ class Turn:
         self.cancelled = False
         self.order = 0
         """Its place among the call's turns (set when opened)."""
+        self.spoken = False
+        """A span of it has been queued."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class CallEngine:
     def speak(self, request: SpanRequest) -> None:
         """Queue a span of its (open) turn."""
         request.turn.spans.append(request)
+        request.turn.spoken = True
         self._changes.changed()
 
     def close_turn(self, turn: Turn) -> None:
@@ -472,7 +475,8 @@ class CallEngine:
         def run(run_options):
             return _encode(sessions, ids, options, first, largest, run_options)
 
-        work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline, owner=self._owner)
+        work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline,
+                                                       owner=self._job_owner(work))
         work.encode_job.future.add_done_callback(lambda future: self._encoded(work, future))
 
     def _encoded(self, work: _Work, future: asyncio.Future) -> None:
@@ -500,7 +504,12 @@ class CallEngine:
         offset_s = window.start * sessions.hop / self._options.sample_rate
         window.job = self._synth.scheduler.submit(
             lambda run_options: sessions.decode(encoded, window.start, window.stop, run_options),
-            due=work.due + offset_s, deadline=self._deadline, owner=self._owner)
+            due=work.due + offset_s, deadline=self._deadline, owner=self._job_owner(work))
+
+    def _job_owner(self, work: _Work) -> str:
+        """The request id, and the context for a named one ("id/context"), as the run log shows it."""
+        context = work.turn.context_id
+        return f"{self._owner}/{context}" if context else self._owner
 
 
 def _encode(sessions: VoiceSessions, ids, options: SynthesisOptions, first: int, largest: int,

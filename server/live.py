@@ -43,6 +43,9 @@ Span = tuple[int, int]
 
 DEFAULT_MAX_PENDING_MS = 500
 DEFAULT_MAX_PENDING_CHARS = 200
+MAX_PENDING_MS_RANGE = (50, 10_000)
+# At least a few words per forced cut: 1 would make every character an inference.
+MAX_PENDING_CHARS_RANGE = (20, 10_000)
 _NORMALIZE_CONTEXT = 64
 
 

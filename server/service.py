@@ -103,13 +103,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             config = first.config
             options = self._options(config.settings, call, live=True)
             max_ms = config.max_pending_ms or live.DEFAULT_MAX_PENDING_MS
-            opts.check_range("max_pending_ms", max_ms, (50, 10_000))
-            segmenter = live.LiveSegmenter(max_ms, config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS)
+            opts.check_range("config.max_pending_ms", max_ms, live.MAX_PENDING_MS_RANGE)
+            max_chars = config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS
+            opts.check_range("config.max_pending_chars", max_chars, live.MAX_PENDING_CHARS_RANGE)
             with self._scheduler.admit():
                 chunker = ChunkWriter(options)
                 sessions = await self._synth.sessions(options)
                 engine = self._synth.engine(sessions, options, _deadline(context), request_id, hold_last=False)
-                session = LiveCall(engine, segmenter, self._settings.max_chars)
+                session = LiveCall(engine, lambda: live.LiveSegmenter(max_ms, max_chars), self._settings.max_chars)
                 session.start(requests)
                 stream = session.pieces()
                 try:
@@ -120,7 +121,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                                 yield _chunk_proto(chunk, options)
                 finally:
                     session.cancel_all()
-                    call.characters = segmenter.offset
+                    call.characters = session.characters
 
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         """Every voice with its language, rate, speakers and quality."""

@@ -196,7 +196,8 @@ async def test_cancel_stops_all_work(app, stub, settings):
     (pb.LiveRequest(text="Hello."), "config"),
     (pb.LiveRequest(config=pb.LiveConfig(settings=pb.SynthesizeRequest(text="Hi."))), "config.settings.text"),
     (pb.LiveRequest(config=pb.LiveConfig(settings=pb.SynthesizeRequest(speed=9))), "speed"),
-    (pb.LiveRequest(config=pb.LiveConfig(max_pending_ms=10)), "max_pending_ms"),
+    (pb.LiveRequest(config=pb.LiveConfig(max_pending_ms=10)), "config.max_pending_ms"),
+    (pb.LiveRequest(config=pb.LiveConfig(max_pending_chars=1)), "config.max_pending_chars"),
 ])
 async def test_bad_first_message_is_invalid_argument_naming_the_field(stub, first, field):
     call = _start(stub)
