@@ -78,16 +78,30 @@ class App:
         return f"{self.settings.host}:{self.port}"
 
     async def stop(self, grace: Optional[float] = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish for `grace` s."""
-        self.scheduler.drain()
+        """Drain: NOT_SERVING first, then no new calls; calls in flight get `grace` s to finish.
+
+        Health turns NOT_SERVING before anything is refused, so balancers and
+        clients that watch it (round_robin with health checks) stop picking
+        this server first. gRPC then stops taking calls at the transport
+        (GOAWAY, listening port closed): a call refused there never reached a
+        handler, so gRPC clients and nginx send it to another server. Only
+        then does admission close (UNAVAILABLE), for the other doors' calls
+        still arriving on connections they keep open.
+        """
         if self.voice_reaper is not None:
             self.voice_reaper.cancel()
         await self.health.enter_graceful_shutdown()
-        if self.stats is not None:
-            await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
         grace = self.settings.grace_s if grace is None else grace
         # The other doors' calls get the same grace, side by side with the gRPC calls.
-        await asyncio.gather(self.server.stop(grace), self.doors.stop(grace))
+        stopping = asyncio.gather(self.server.stop(grace), self.doors.stop(grace))
+        # One turn of the loop: gRPC's stop refuses new calls in its first step, before it waits
+        # for the calls in flight; admission must not close before that, or a gRPC call arriving
+        # meanwhile would be answered UNAVAILABLE after its headers, which no balancer retries.
+        await asyncio.sleep(0)
+        self.scheduler.drain()
+        if self.stats is not None:
+            await self.stats.sampler.close()  # WatchStats streams end; they would hold the grace period
+        await stopping
         await self.parts.aclose()
 
 
