@@ -16,7 +16,7 @@ import contextlib
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from speakstream.v1 import synthesizer_pb2 as pb
 
@@ -161,13 +161,14 @@ def synthesis_options(ctx: DoorContext, knobs: Knobs, live_text: bool = False) -
     )
 
 
-def live_segmenter(max_pending_ms: Optional[int], max_pending_chars: Optional[int]) -> live.LiveSegmenter:
-    """The segmenter of a live call, with SynthesizeLive's ranges and defaults."""
+def live_segmenter(max_pending_ms: Optional[int],
+                   max_pending_chars: Optional[int]) -> Callable[[], live.LiveSegmenter]:
+    """What makes a live call's segmenters (one per context), with SynthesizeLive's ranges and defaults."""
     max_ms = max_pending_ms or live.DEFAULT_MAX_PENDING_MS
     opts.check_range("max_pending_ms", max_ms, (50, 10_000))
     max_chars = max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS
     opts.check_range("max_pending_chars", max_chars, (1, 1_000_000))
-    return live.LiveSegmenter(max_ms, max_chars)
+    return lambda: live.LiveSegmenter(max_ms, max_chars)
 
 
 # -- the two calls ----------------------------------------------------------------------------
@@ -237,8 +238,9 @@ class LiveInput:
         return item
 
 
-async def live_chunks(ctx: DoorContext, options: opts.SynthesisOptions, segmenter: live.LiveSegmenter,
-                      requests: LiveInput, owner: str, call: CallRecord) -> AsyncIterator[OutputChunk]:
+async def live_chunks(ctx: DoorContext, options: opts.SynthesisOptions,
+                      segmenter: Callable[[], live.LiveSegmenter], requests: LiveInput, owner: str,
+                      call: CallRecord) -> AsyncIterator[OutputChunk]:
     """Text in pieces in (`requests`), chunks out as sentences complete (SynthesizeLive's call).
 
     Admission is held until the generator ends; closing it stops reading and
@@ -260,4 +262,4 @@ async def live_chunks(ctx: DoorContext, options: opts.SynthesisOptions, segmente
                         yield chunk
         finally:
             session.cancel_all()
-            call.characters = segmenter.offset
+            call.characters = session.characters

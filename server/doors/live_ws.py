@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Optional
-
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.doors import calls
@@ -39,7 +37,7 @@ FORMATS = {
     "aac": Encoding.AAC,
 }
 NORMAL_CLOSE = 1000
-_GONE = "gone"
+_GONE = object()
 
 
 class LiveEndpoint:
@@ -87,15 +85,19 @@ class LiveEndpoint:
         work = asyncio.ensure_future(self._speak(websocket, start, requests, call))
         reader = asyncio.ensure_future(_read(websocket, requests, self._ctx.settings.max_chars))
         await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done() and reader.result() == _GONE:  # hung up: stop its inferences
-            work.cancel()
-            await asyncio.wait({work})
-            call.status = "CANCELLED"
-            return
-        try:
-            await work
-        finally:
+        if work.done():
             reader.cancel()
+            work.result()
+            return
+        # The reader ended first: the client hung up, or sent a bad frame. Either way its
+        # queued and running inferences stop now.
+        work.cancel()
+        await asyncio.wait({work})
+        ended = reader.result()
+        if ended is _GONE:
+            call.status = "CANCELLED"
+        else:
+            await _refuse(websocket, ended, call)
 
     async def _speak(self, websocket: WebSocket, start: "_Start", requests: calls.LiveInput,
                      call: CallRecord) -> None:
@@ -147,8 +149,8 @@ class _Start:
         return cls(options, segmenter, fmt)
 
 
-async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int) -> Optional[str]:
-    """Frames into `requests` until the client hangs up (_GONE) or sends a bad frame (the call fails)."""
+async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int) -> object:
+    """Frames into `requests` until the client hangs up (_GONE) or sends a bad frame (its error)."""
     ended = False
     try:
         while True:
@@ -172,8 +174,7 @@ async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int)
     except WebSocketDisconnect:
         return _GONE
     except SpeakstreamError as exc:
-        await requests.fail(exc)
-        return None
+        return exc
 
 
 def _frame(message: dict) -> dict:
