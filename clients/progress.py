@@ -1,7 +1,8 @@
 """A progress bar for long input: how much of the text has been spoken.
 
 On a terminal it is one line redrawn in place; through a pipe or into a log
-it is a plain line at every tenth of the text, so nothing is drawn over.
+it is a plain line at every tenth of the text (and at least every
+_PLAIN_INTERVAL_S while it moves, for a book), so nothing is drawn over.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional, TextIO
 
 _WIDTH = 28
 _MIN_INTERVAL_S = 0.1  # redraws at most this often (the last one always draws)
+_PLAIN_INTERVAL_S = 30.0  # a plain line at least this often while the text moves on
 
 
 class Progress:
@@ -61,14 +63,18 @@ class Progress:
                 self._shown = True
 
     def _show_plain(self, position: Optional[int], force: bool) -> None:
-        """A line when a new tenth of the text is done (the first at the first chunk), or when forced."""
+        """A line when a new tenth of the text is done (the first at the first chunk),
+        when _PLAIN_INTERVAL_S have passed, or when forced; never the same line twice."""
+        now = self._clock()
         tenth = 10 * self._done_at(position)[0] // self._text_chars
-        if tenth != self._tenth or force:
+        due = self._drawn_at is None or now - self._drawn_at >= _PLAIN_INTERVAL_S
+        if tenth != self._tenth or due or force:
             line = self.line(position)
             if line != self._last_line:
                 self._stream.write(line + "\n")
                 self._stream.flush()
                 self._last_line = line
+                self._drawn_at = now
             self._tenth = tenth
 
     def close(self, redraw: bool = True) -> None:

@@ -386,3 +386,22 @@ async def test_help_describes_long_texts_and_the_new_flags():
     for phrase in ("long texts:", "--max-chars-per-call", "--list-voices", "--encoding", "a line per tenth",
                    "holds the audio up to there"):
         assert phrase in text, phrase
+
+
+def test_progress_through_a_pipe_adds_a_line_every_30_seconds_while_a_book_moves_on():
+    import io
+    import types
+
+    from clients.progress import Progress
+
+    out, now = io.StringIO(), [0.0]
+    progress = Progress(1000, out, clock=lambda: now[0])
+    for n in range(40):  # 1% of the text every 10 s
+        now[0] = 10.0 * n
+        progress.update(types.SimpleNamespace(sample_offset=1000 * n, num_samples=1000, sentence_index=n,
+                                              text_span=types.SimpleNamespace(start=0, end=10 * (n + 1)), final=False))
+        progress.show()
+    lines = out.getvalue().splitlines()
+    # The first chunk, then every 30 s (3 chunks), and at 10%, 20%, 30%, 40%.
+    assert [line.split("]")[1].split("%")[0].strip() for line in lines] == [
+        "1", "4", "7", "10", "13", "16", "19", "20", "23", "26", "29", "30", "33", "36", "39", "40"]
