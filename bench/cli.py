@@ -8,6 +8,9 @@ Sections:
 - memory: server RSS idle, peak under concurrency 8, and over a soak;
 - overhead: a short request's total time minus the floor for its segments
   (idle to overhead: the `server` section, bench/server_section.py);
+- engine: decoder windows against whole segments (SNR), a greeting's TTFA against
+  its first sentence's floor, TTFA right after a cancel, the cost of word timestamps,
+  and the whole-graph engine side by side (bench/engine.py);
 - metrics: throughput and server CPU with metrics on (watched and scraped) vs off
   (bench/metrics_cost.py);
 - live: SynthesizeLive, a clause's last character to its first audio, idle and at
@@ -31,6 +34,7 @@ import sys
 from pathlib import Path
 
 from bench import encoding, live, playback, voices
+from bench import engine as engine_bench
 from bench import fastaudio as fastaudio_bench
 from bench.floor import Floor, bench_floor
 from bench.metrics_cost import bench_metrics
@@ -38,7 +42,7 @@ from bench.server_process import ServerProcess
 from bench.server_section import print_table, run_server_sections, targets
 from clients.channel import add_connection_flags, connection_from_args
 
-SECTIONS = ["server", "metrics", "live", "fastaudio", "playback", "encoding", "voices"]
+SECTIONS = ["server", "engine", "metrics", "live", "fastaudio", "playback", "encoding", "voices"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +90,12 @@ def main(argv=None) -> int:
     results: dict = {"machine": {"cores": os.cpu_count()}, "args": vars(args) | {"out": str(args.out)}}
     if "server" in args.sections:
         results |= _server(args, connection)
+    if "engine" in args.sections and not args.target:
+        print("measuring the engine: windows, greeting, after a cancel, timestamps, whole graph ...",
+              file=sys.stderr)
+        results["engine"] = engine_bench.run(args.server_args.split(), rounds=args.live_rounds,
+                                             seconds=args.seconds / 2)
+        engine_bench.print_table(results["engine"])
     if "metrics" in args.sections and not args.target:
         print("measuring the cost of metrics ...", file=sys.stderr)
         results["metrics"] = asyncio.run(bench_metrics(args.seconds))

@@ -11,9 +11,12 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.texts import TEXTS
-from server.config import Settings
 from server.frontend import Frontend
 from server.voices import bundled_voice
+
+
+FLOOR_MAX_PHONEMES = 100
+FLOOR_FIRST_PHONEMES = 40
 
 
 class Floor:
@@ -21,8 +24,10 @@ class Floor:
 
     def __init__(self):
         self.voice = bundled_voice()
-        settings = Settings()
-        self.frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
+        # The floor's segments stay those of the first-generation engine (100-phoneme
+        # segments, a 40-phoneme first one), so ratios compare across runs whatever the
+        # server's own cuts become.
+        self.frontend = Frontend(FLOOR_MAX_PHONEMES, FLOOR_FIRST_PHONEMES)
         self.whole = Frontend(100_000, 100_000)
         cfg = self.voice.config
         self.scales = np.array([cfg.noise_scale, cfg.length_scale, cfg.noise_w], dtype=np.float32)
