@@ -20,7 +20,10 @@ Sections:
   (bench/playback.py);
 - encoding: CPU per audio second of each encoding and of resampling, next to inference
   (bench/encoding.py);
-- voices: TTFA of a request for voice B while voice A streams (bench/voices.py).
+- voices: TTFA of a request for voice B while voice A streams (bench/voices.py);
+- doors: time to first audio through the OpenAI speech API (HTTP) vs gRPC on the same server,
+  Wyoming streaming's first sentence vs the floor, gRPC with the doors on and idle vs off
+  (bench/doors.py).
 Ratios are computed from figures measured in this same run.
 """
 
@@ -33,7 +36,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import encoding, live, playback, voices
+from bench import doors, encoding, live, playback, voices
 from bench import engine as engine_bench
 from bench import fastaudio as fastaudio_bench
 from bench.floor import Floor, bench_floor
@@ -42,7 +45,7 @@ from bench.server_process import ServerProcess
 from bench.server_section import print_table, run_server_sections, targets
 from clients.channel import add_connection_flags, connection_from_args
 
-SECTIONS = ["server", "engine", "metrics", "live", "fastaudio", "playback", "encoding", "voices"]
+SECTIONS = ["server", "engine", "metrics", "live", "fastaudio", "playback", "encoding", "voices", "doors"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +124,10 @@ def main(argv=None) -> int:
         print("measuring voice B while voice A streams ...", file=sys.stderr)
         results["voices"] = voices.bench_voices(args.server_args.split(), args.repeats)
         voices.print_voices(results["voices"])
+    if "doors" in args.sections and not args.target:
+        print("measuring the HTTP and Wyoming doors ...", file=sys.stderr)
+        results["doors"] = doors.run(args.server_args.split(), rounds=args.repeats)
+        doors.print_table(results["doors"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}", file=sys.stderr)

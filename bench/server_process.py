@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from typing import Optional, Sequence
 
 _READY_PREFIX = "speakstream listening on "
+_DOOR_LINE = re.compile(r"speakstream (\w+) on (\S+)$")  # --http-port, --wyoming-port
 _PR_SET_PDEATHSIG = 1
 
 
@@ -23,6 +25,8 @@ class ServerProcess:
         self._timeout = start_timeout_s
         self.process: Optional[subprocess.Popen] = None
         self.address = ""
+        self.doors: dict[str, str] = {}
+        """The other doors' addresses ("http", "wyoming" -> host:port), from the lines before the ready line."""
 
     def __enter__(self) -> "ServerProcess":
         self.process = subprocess.Popen(
@@ -44,6 +48,9 @@ class ServerProcess:
         for line in self.process.stdout:  # the ready line comes once models are loaded
             if line.startswith(_READY_PREFIX):
                 return line[len(_READY_PREFIX):].strip()
+            door = _DOOR_LINE.match(line)
+            if door:
+                self.doors[door.group(1)] = door.group(2)
             if time.monotonic() > deadline:
                 break
         raise RuntimeError("server did not start; run `python -m server --port 0` to see why")
