@@ -35,6 +35,11 @@ GROUPS = {
 }
 
 
+def _graph_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "speakstream" / "graphs"
+
+
 def _cores() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -135,6 +140,16 @@ class Settings:
     voice_idle_s: float = setting(0.0, "voices", "unload a voice other than the default after this many idle "
                                                  "seconds; 0 = never", range=(0, None))
     """Unload a voice other than the default after this many seconds without a run; 0 = never."""
+
+    graph_cache: Path = setting(None, "voices", "folder for the voices' split graphs, made once per model and "
+                                                "named after its sha256 (default: $XDG_CACHE_HOME/speakstream/"
+                                                "graphs, else ~/.cache/speakstream/graphs)", factory=_graph_cache)
+    """Where server/graph.py keeps each voice's encoder and decoder graphs between runs.
+
+    ONNX Runtime then loads them from files, so no copy of the model stays in
+    memory (measured: 80 MB more RSS when sessions were made from bytes).
+    An unwritable folder falls back to a temporary one for the process.
+    """
 
     # --- engine
     pool_size: int = setting(1, "engine", "inferences run at the same time, over all voices; each uses "

@@ -1,5 +1,7 @@
 """A Piper (VITS) voice graph split where its audio decoder begins, found by structure.
 
+The graphs are made once per model and kept as files (load()).
+
 A VITS graph runs, in one call: the text encoder and duration predictor (on
 phoneme ids), the flow (on latent frames) and the HiFi-GAN decoder (latent
 frames -> audio, hop samples per frame). The decoder is two thirds of the
@@ -24,8 +26,16 @@ expands the ids into frames). A graph with neither shape runs whole.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional
 
 import onnx
@@ -43,10 +53,10 @@ class NotSplittable(Exception):
 
 @dataclass(frozen=True)
 class SplitGraph:
-    """The two graphs of a split voice, serialized for ONNX Runtime, and their tensor names."""
+    """The files of the two graphs of a split voice, and their tensor names."""
 
-    encoder: bytes
-    decoder: bytes
+    encoder: str
+    decoder: str
     latent: str
     """Encoder output and decoder input: z, [1, channels, frames]."""
     speaker: Optional[str]
@@ -59,28 +69,60 @@ class SplitGraph:
 class WholeGraph:
     """A voice that runs as one graph, with its durations exposed when it has them."""
 
-    model: bytes
+    model: str
+    """The file to run: the voice's own, or a copy with the durations as an extra output."""
     durations: Optional[str]
     reason: str
     """Why the graph was not split."""
 
 
-def load(model_path: str, split_decoder: bool = True) -> SplitGraph | WholeGraph:
+def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] = None) -> SplitGraph | WholeGraph:
     """Split the voice at `model_path` (unless `split_decoder` is False), or return it
-    whole with the reason it was not split; durations are exposed either way."""
+    whole with the reason it was not split; durations are exposed either way.
+
+    The graphs made are written as files under `cache_dir`, in a folder named
+    after the model's sha256 (and read from there on later loads): ONNX
+    Runtime then loads them from files, so nothing keeps a copy of the model
+    in memory besides the sessions' weights. Without a usable `cache_dir`
+    they go to a temporary folder of this process.
+    """
+    folder = _cache_folder(model_path, cache_dir)
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        manifest = _make(model_path, folder)
+    durations = manifest["durations"]
+    if split_decoder and manifest["split"]:
+        return SplitGraph(str(folder / _ENCODER), str(folder / _DECODER), manifest["latent"],
+                          manifest["speaker"], durations)
+    reason = manifest["reason"] if not manifest["split"] else "decoder windows are turned off (--no-decoder-windows)"
+    if durations and not (folder / _WHOLE).exists():
+        partial = folder / f".{_WHOLE}.{os.getpid()}"
+        onnx.save(_with_outputs(onnx.load(model_path), [durations]), str(partial))
+        partial.replace(folder / _WHOLE)
+    return WholeGraph(str(folder / _WHOLE) if durations else model_path, durations, reason)
+
+
+def _make(model_path: str, folder: Path) -> dict:
+    """Split the model (or note why not), write the graphs and a manifest into `folder`."""
     model = onnx.load(model_path)
     durations = find_durations(model.graph)
+    manifest: dict = {"format": _FORMAT, "durations": durations, "split": False, "reason": "",
+                      "latent": None, "speaker": None}
+    files: dict[str, onnx.ModelProto] = {}
     try:
-        if not split_decoder:
-            raise NotSplittable("decoder windows are turned off (--no-decoder-windows)")
         latent, speaker = find_decoder_input(model.graph)
+        files[_ENCODER], files[_DECODER] = split(model, latent, speaker, durations)
+        manifest.update(split=True, latent=latent, speaker=speaker)
     except NotSplittable as exc:
-        return WholeGraph(_with_outputs(model, [durations] if durations else []), durations, str(exc))
-    return split(model, latent, speaker, durations)
+        manifest["reason"] = str(exc)
+        if durations:
+            files[_WHOLE] = _with_outputs(model, [durations])
+    _write(folder, files, manifest)
+    return manifest
 
 
 def split(model: onnx.ModelProto, latent: str, speaker: Optional[str],
-          durations: Optional[str]) -> SplitGraph:
+          durations: Optional[str]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """Cut `model` at `latent` (and `speaker`) into an encoder and a decoder graph."""
     graph_inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output][:1]
@@ -92,7 +134,58 @@ def split(model: onnx.ModelProto, latent: str, speaker: Optional[str],
     extras = [speaker] if speaker else []
     encoder = extractor.extract_model(graph_inputs, [latent, *([durations] if durations else []), *extras])
     decoder = extractor.extract_model([latent, *extras], outputs)
-    return SplitGraph(encoder.SerializeToString(), decoder.SerializeToString(), latent, speaker, durations)
+    return encoder, decoder
+
+
+_FORMAT = 1  # raised whenever what load() writes changes, so older folders are not read
+_ENCODER, _DECODER, _WHOLE, _MANIFEST = "encoder.onnx", "decoder.onnx", "whole.onnx", "graph.json"
+_LOGGER = logging.getLogger(__name__)
+_fallback_dir: Optional[Path] = None
+
+
+def _cache_folder(model_path: str, cache_dir: Optional[Path]) -> Path:
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return _usable_dir(cache_dir) / f"{digest.hexdigest()[:32]}-v{_FORMAT}"
+
+
+def _usable_dir(cache_dir: Optional[Path]) -> Path:
+    """`cache_dir` if it can be written, else one temporary folder for this process."""
+    global _fallback_dir
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            if os.access(cache_dir, os.W_OK):
+                return cache_dir
+        except OSError:
+            pass
+        _LOGGER.warning("cannot write the graph cache %s; split graphs go to a temporary folder", cache_dir)
+    if _fallback_dir is None:
+        _fallback_dir = Path(tempfile.mkdtemp(prefix="speakstream-graphs-"))
+        atexit.register(shutil.rmtree, _fallback_dir, True)
+    return _fallback_dir
+
+
+def _read_manifest(folder: Path) -> Optional[dict]:
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("format") == _FORMAT else None
+
+
+def _write(folder: Path, files: dict[str, onnx.ModelProto], manifest: dict) -> None:
+    """Write into a fresh folder, then rename it into place: a reader sees all or nothing."""
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    for name, model in files.items():
+        onnx.save(model, str(partial / name))
+    (partial / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    try:
+        partial.rename(folder)
+    except OSError:  # another process made it meanwhile: theirs is as good
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def find_decoder_input(graph: onnx.GraphProto) -> tuple[str, Optional[str]]:
@@ -170,10 +263,12 @@ def find_durations(graph: onnx.GraphProto) -> Optional[str]:
     return ceils[0].output[0] if len(ceils) == 1 else None
 
 
-def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> bytes:
-    """`model` serialized with `names` added as graph outputs (after the audio)."""
-    existing = {o.name for o in model.graph.output}
+def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` with `names` added as graph outputs (after the audio)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
     for name in names:
         if name not in existing:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return model.SerializeToString()
+            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return copy

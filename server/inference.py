@@ -57,7 +57,7 @@ class VoiceModel:
     """The sessions of one copy of a voice: encoder and decoder, or the whole graph."""
 
     def __init__(self, graph: SplitGraph | WholeGraph, make_session, context_frames: int):
-        """:param make_session: bytes -> ort.InferenceSession with the server's providers and options.
+        """:param make_session: a graph's file -> ort.InferenceSession with the server's providers and options.
         :param context_frames: frames of z decoded on each side of a window and trimmed off.
         """
         self.split = isinstance(graph, SplitGraph)

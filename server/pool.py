@@ -169,7 +169,8 @@ class VoiceSessions:
 
     def _graph(self) -> SplitGraph | WholeGraph:
         """The voice's graph, split at its decoder unless that is turned off or impossible."""
-        loaded = graph_split.load(str(self.voice.model_path), self._settings.decoder_windows)
+        loaded = graph_split.load(str(self.voice.model_path), self._settings.decoder_windows,
+                                  self._settings.graph_cache)
         if isinstance(loaded, WholeGraph) and self._settings.decoder_windows:
             _LOGGER.info("voice %s runs whole, not in decoder windows: %s", self.voice.name, loaded.reason)
         return loaded
@@ -178,7 +179,7 @@ class VoiceSessions:
         providers = providers_for(self._settings, ort.get_available_providers())
         wanted = providers[0][0]
 
-        def make_session(model: bytes) -> ort.InferenceSession:
+        def make_session(model: str) -> ort.InferenceSession:
             return ort.InferenceSession(model, sess_options=session_options(self._settings),
                                         providers=[name for name, _ in providers],
                                         provider_options=[opts for _, opts in providers])

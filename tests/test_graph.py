@@ -104,3 +104,26 @@ def test_a_voice_without_a_decoder_runs_whole_and_says_why(tmp_path, caplog):
     assert any("runs whole" in r.getMessage() and "ConvTranspose" in r.getMessage() for r in caplog.records)
     assert any("timestamps unavailable" in r.getMessage() for r in caplog.records)
     assert sessions.run([1, 0, 5, 0, 2], _DETERMINISTIC, 0).size == 5 * 64
+
+
+def test_split_graphs_are_made_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    path = write_vits_voice(tmp_path, "cached_vits", SPEAKERS)
+    first = graph.load(str(path), cache_dir=tmp_path / "cache")
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} >= {"encoder.onnx", "decoder.onnx"}
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the model was parsed again")
+
+    monkeypatch.setattr(graph.onnx, "load", no_parsing)
+    assert graph.load(str(path), cache_dir=tmp_path / "cache") == first
+
+
+def test_an_unwritable_graph_cache_falls_back_to_a_temporary_folder(tmp_path, caplog):
+    path = write_vits_voice(tmp_path, "tmp_vits")
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="server.graph"):
+        loaded = graph.load(str(path), cache_dir=blocked)
+    assert isinstance(loaded, graph.SplitGraph) and not loaded.encoder.startswith(str(tmp_path))
+    assert any("cannot write the graph cache" in r.getMessage() for r in caplog.records)
