@@ -1,14 +1,24 @@
-"""The connection flags every client shares (TLS, mutual TLS, bearer token) and the channels they make.
+"""The connection flags every client shares (servers, TLS, mutual TLS, bearer token) and the channels they make.
 
 speakstream-say, speakstream-stats and speakstream-bench add these flags with
 `add_connection_flags` and dial with `open_channel` (blocking API) or
 `open_aio_channel` (asyncio), so a server set up as docs/OPERATIONS.md
 describes ("TLS and authentication") is reached the same way by all of them.
+
+`--server` names one server, several (`10.0.0.11:50051,10.0.0.12:50051`) or a
+gRPC name that resolves to several (`dns:///speakstream.ns.svc.cluster.local:50051`,
+a Kubernetes headless Service). With several, the channel balances calls
+itself, as docs/OPERATIONS.md ("Client-side balancing") describes: gRPC's
+`round_robin` over the servers whose grpc.health.v1 status is SERVING, and a
+call that a server refused before answering (UNAVAILABLE without response
+headers: it never reached the service) is tried again on another.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +26,28 @@ from typing import Optional
 
 import grpc
 
+from speakstream.v1 import synthesizer_pb2
+
 TOKEN_ENV = "SPEAKSTREAM_TOKEN"
 ADDRESS_ENV = "SPEAKSTREAM_ADDRESS"  # the default of --server, as for the Node client
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+SYNTHESIZER_SERVICE = synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name
+# gRPC name resolvers whose names may stand for several servers.
+BALANCED_SCHEMES = ("dns", "ipv4", "ipv6")
+# The channel's service config when it balances (gRPC's service config JSON, A6 retries, A17 health):
+# calls go round robin over the servers whose health says SERVING (a draining server says
+# NOT_SERVING first and drops out of the pick at once); a call that failed UNAVAILABLE before any
+# response header is tried again, on the next server: gRPC commits a call at its first response
+# header, so a call the service has begun (and a stream that has sent audio) is never replayed.
+BALANCED_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": SYNTHESIZER_SERVICE},
+    "methodConfig": [{
+        "name": [{"service": SYNTHESIZER_SERVICE}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+}
 
 
 @dataclass(frozen=True)
@@ -40,11 +69,24 @@ class Connection:
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                             certificate_chain=self.cert)
 
+    @property
+    def target(self) -> str:
+        """The gRPC target: `server` itself, or several IP:port addresses as one ipv4:/ipv6: name."""
+        return grpc_target(self.server)
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the target may stand for several servers (round robin with health checks)."""
+        return self.target.partition(":")[0] in BALANCED_SCHEMES
+
     def options(self) -> list[tuple[str, object]]:
-        """Channel options: the TLS name to check, and no receive limit below the server's send limit."""
+        """Channel options: the TLS name to check, no receive limit below the server's send limit,
+        and the balancing service config when the target names several servers."""
         options: list[tuple[str, object]] = [("grpc.max_receive_message_length", -1)]
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
+        if self.balanced:
+            options.append(("grpc.service_config", json.dumps(BALANCED_SERVICE_CONFIG)))
         return options
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -52,11 +94,43 @@ class Connection:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+def grpc_target(server: str) -> str:
+    """`server` as a gRPC target: `host:port` and gRPC names (`dns:///name:port`, `ipv4:...`) as they are;
+    several IP addresses `a:port,b:port` as `ipv4:a:port,b:port` (or ipv6:). ValueError("server: ...") else."""
+    scheme, sep, _ = server.partition(":")
+    if sep and scheme in BALANCED_SCHEMES + ("unix", "unix-abstract", "vsock"):
+        return server
+    parts = [part.strip() for part in server.split(",")]
+    if len(parts) == 1:
+        return server
+    families = {_ip_family(part) for part in parts}
+    if len(families) != 1 or None in families:
+        raise ValueError(f"server: {server!r}: several servers are IP:port addresses of one family "
+                         "(10.0.0.1:50051,10.0.0.2:50051 or [fd00::1]:50051,[fd00::2]:50051); "
+                         "for host names use a dns:/// name that resolves to every server")
+    return f"{families.pop()}:{','.join(parts)}"
+
+
+def _ip_family(address: str) -> Optional[str]:
+    """"ipv4" or "ipv6" for an IP:port address, None for anything else (a host name, no port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+    return f"ipv{ip.version}"
+
+
 def add_connection_flags(parser: argparse.ArgumentParser, server_flag: bool = True) -> None:
     """--server (unless the program names its target otherwise) and the TLS/token flags."""
     if server_flag:
         parser.add_argument("--server", default=os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS,
-                            help=f"server address host:port (default: ${ADDRESS_ENV} if set, else {DEFAULT_ADDRESS})")
+                            help="server address host:port; several servers as IP:port,IP:port or a name "
+                                 "such as dns:///speakstream.NAMESPACE.svc.cluster.local:50051, balanced "
+                                 "round robin over the healthy ones "
+                                 f"(default: ${ADDRESS_ENV} if set, else {DEFAULT_ADDRESS})")
     g = parser.add_argument_group("TLS and authentication (docs/OPERATIONS.md)")
     g.add_argument("--tls", action="store_true",
                    help="connect with TLS, trusting the system's CAs (implied by --tls-ca, --tls-cert)")
@@ -82,6 +156,10 @@ def connection_from_args(args: argparse.Namespace, parser: argparse.ArgumentPars
         parser.error(f"cannot read {getattr(exc, 'filename', None) or 'a file'}: {getattr(exc, 'strerror', exc)}")
     if args.token_file and not token:
         parser.error(f"token-file: {args.token_file} is empty")
+    try:
+        grpc_target(server or args.server)
+    except ValueError as exc:
+        parser.error(str(exc))
     tls = bool(args.tls or ca or cert or args.tls_server_name)
     return Connection(server=server or args.server, tls=tls, ca=ca, cert=cert, key=key,
                       server_name=args.tls_server_name, token=token)
@@ -95,9 +173,9 @@ def open_channel(connection: Connection) -> grpc.Channel:
     """A blocking-API channel; every call on it carries the token."""
     credentials = connection.credentials()
     if credentials is None:
-        channel = grpc.insecure_channel(connection.server, options=connection.options())
+        channel = grpc.insecure_channel(connection.target, options=connection.options())
     else:
-        channel = grpc.secure_channel(connection.server, credentials, options=connection.options())
+        channel = grpc.secure_channel(connection.target, credentials, options=connection.options())
     if connection.token:
         channel = grpc.intercept_channel(channel, _TokenInterceptor(connection.metadata()))
     return channel
@@ -108,8 +186,8 @@ def open_aio_channel(connection: Connection) -> grpc.aio.Channel:
     interceptors = [cls(connection.metadata()) for cls in _AIO_INTERCEPTORS] if connection.token else None
     credentials = connection.credentials()
     if credentials is None:
-        return grpc.aio.insecure_channel(connection.server, options=connection.options(), interceptors=interceptors)
-    return grpc.aio.secure_channel(connection.server, credentials, options=connection.options(),
+        return grpc.aio.insecure_channel(connection.target, options=connection.options(), interceptors=interceptors)
+    return grpc.aio.secure_channel(connection.target, credentials, options=connection.options(),
                                    interceptors=interceptors)
 
 

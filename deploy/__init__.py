@@ -1,0 +1,1 @@
+"""Deployment: nginx in front of a fleet (deploy/nginx/), Kubernetes manifests, Containerfiles, the fleet runner."""

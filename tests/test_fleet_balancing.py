@@ -1,0 +1,239 @@
+"""Three real servers on loopback, reached through a real nginx (deploy/nginx/) and through the bundled
+clients' own round_robin over the three (clients/channel.py): every RPC passes, calls spread, deadlines
+and cancels reach the server, a killed server loses only the calls it had answered, a drained one none.
+
+Which server served a call is read from the servers' own request logs (deploy/fleet.py keeps them) and
+nginx's access log; no test sleeps: each waits on a server's Stats, on calls ending, or on a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import grpc
+import pytest
+
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+
+from clients.channel import Connection, open_aio_channel
+from deploy.fleet import SMALL_SERVER_ARGS, Fleet, find_nginx
+from fleet_calls import RPCS, Outcome, SteadyLoad, call, rpc_total, snapshot, wait_stats
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+_NO_NGINX = "nginx is not installed (Debian's nginx; .ci/system-deps installs it)"
+# Calls get 30 s to finish on a draining server, far more than one takes here.
+_SERVER_ARGS = (*SMALL_SERVER_ARGS, "--grace-s", "30")
+_LONG = " ".join(f"Sentence number {i} keeps the server busy for a good while longer." for i in range(40))
+_EXACT = {"noise_scale": 0.0, "noise_w": 0.0}  # the same audio from every server
+_CONCURRENCY = 8
+_CALLS_AFTER = 8  # calls started after the signal's effect that must all succeed
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """Three servers and, when nginx is installed, nginx in front of them."""
+    with Fleet(3, _SERVER_ARGS, balancer=find_nginx() is not None) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def nginx(fleet):
+    """The fleet's nginx address; the test is skipped when nginx is not installed."""
+    if fleet.nginx is None:
+        pytest.skip(_NO_NGINX)
+    return fleet.nginx.address
+
+
+def _target(fleet: Fleet, path: str) -> str:
+    """--server of a client taking `path`: nginx's one address, or the three servers' (round_robin)."""
+    if path == "nginx":
+        if fleet.nginx is None:
+            pytest.skip(_NO_NGINX)
+        return fleet.nginx.address
+    return ",".join(fleet.addresses)
+
+
+def _access_log(fleet: Fleet) -> dict[str, dict[str, str]]:
+    """nginx's access log: request id -> the line's fields (upstream=..., grpc-status=...)."""
+    lines = {}
+    for line in fleet.nginx.access_log.read_text().splitlines():
+        fields = dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
+        fields["upstream"] = line.split("upstream=", 1)[1].split(" grpc-status=")[0]
+        lines[fields["id"]] = fields
+    return lines
+
+
+async def test_every_rpc_passes_through_nginx_with_the_same_audio(fleet, nginx):
+    async with open_aio_channel(Connection(nginx)) as proxied, open_aio_channel(Connection(fleet.addresses[0])) as direct:
+        for rpc in RPCS:
+            through = await call(pb_grpc.SynthesizerStub(proxied), rpc, f"same-{rpc}", **_EXACT)
+            straight = await call(pb_grpc.SynthesizerStub(direct), rpc, f"direct-{rpc}", **_EXACT)
+            assert (through.code, straight.code) == (grpc.StatusCode.OK, grpc.StatusCode.OK), (through, straight)
+            assert through.audio == straight.audio and len(through.audio) > 10_000
+            _check_streams_whole([through])
+        voices = await pb_grpc.SynthesizerStub(proxied).ListVoices(pb.ListVoicesRequest(), timeout=30)
+        assert voices == await pb_grpc.SynthesizerStub(direct).ListVoices(pb.ListVoicesRequest(), timeout=30)
+
+
+async def test_x_request_id_is_forwarded_or_made_by_nginx_and_logged_on_both_sides(fleet, nginx):
+    async with open_aio_channel(Connection(nginx)) as channel:
+        stub = pb_grpc.SynthesizerStub(channel)
+        given = stub.Synthesize(pb.SynthesizeRequest(text="Mine."), timeout=30,
+                                metadata=(("x-request-id", "client-chosen-17"),))
+        await given
+        unnamed = stub.Synthesize(pb.SynthesizeRequest(text="Anyone's."), timeout=30)
+        await unnamed
+    assert dict(await given.initial_metadata())["x-request-id"] == "client-chosen-17"
+    made = dict(await unnamed.initial_metadata())["x-request-id"]
+    assert len(made) == 32 and int(made, 16) >= 0  # nginx's $request_id, passed to the server
+    log, served = _access_log(fleet), fleet.served()
+    for request_id in ("client-chosen-17", made):
+        assert log[request_id]["grpc-status"] == "0"
+        [where] = served[request_id]
+        assert (where.rpc, where.status) == ("Synthesize", "OK")
+        assert log[request_id]["upstream"] == fleet.addresses[where.server]
+
+
+@pytest.mark.parametrize("path", ["nginx", "round_robin"])
+async def test_calls_spread_evenly_over_the_servers(fleet, path):
+    async with open_aio_channel(Connection(_target(fleet, path))) as channel:
+        stub = pb_grpc.SynthesizerStub(channel)
+        # round_robin picks among the servers whose health check has answered: first let each serve a call.
+        for n in range(30):
+            if _servers_of(fleet, f"warm-{path}-") == {0, 1, 2}:
+                break
+            await stub.Synthesize(pb.SynthesizeRequest(text="Warm."), timeout=30,
+                                  metadata=(("x-request-id", f"warm-{path}-{n}"),))
+        assert _servers_of(fleet, f"warm-{path}-") == {0, 1, 2}
+        before = [rpc_total(await snapshot(a), "Synthesize") for a in fleet.addresses]
+        for n in range(9):
+            await stub.Synthesize(pb.SynthesizeRequest(text="Spread me."), timeout=30)
+        after = [rpc_total(await snapshot(a), "Synthesize") for a in fleet.addresses]
+    assert [b - a for a, b in zip(before, after)] == [3, 3, 3]
+
+
+def _servers_of(fleet: Fleet, prefix: str) -> set[int]:
+    """The servers that logged a call whose request id starts with `prefix`."""
+    return {s.server for request_id, where in fleet.served().items() if request_id.startswith(prefix) for s in where}
+
+
+async def test_the_deadline_reaches_the_server_through_nginx(fleet, nginx):
+    async with open_aio_channel(Connection(nginx)) as channel:
+        outcome = await call(pb_grpc.SynthesizerStub(channel), "SynthesizeStream", "deadline-1", _LONG, timeout_s=1.5)
+    assert outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outcome.ended - outcome.started < 10  # the client's deadline, not nginx's 3600 s timeouts
+    # The server knew the deadline (grpc-timeout passed on): a call cancelled without one counts CANCELLED.
+    [where] = fleet.served()["deadline-1"]
+    assert where.status == "DEADLINE_EXCEEDED"
+    await wait_stats(fleet.addresses[where.server], lambda s: s.pool.busy == 0 and s.queue.depth == 0)
+
+
+async def test_a_cancel_through_nginx_stops_the_servers_inference(fleet, nginx):
+    before = {a: await snapshot(a) for a in fleet.addresses}
+    async with open_aio_channel(Connection(nginx)) as channel:
+        stub = pb_grpc.SynthesizerStub(channel)
+        stream = stub.SynthesizeStream(pb.SynthesizeRequest(text=_LONG), timeout=60,
+                                       metadata=(("x-request-id", "cancel-1"),))
+        first = await stream.read()
+        assert first.sequence == 0
+        [serving] = [a for a in fleet.addresses if (await snapshot(a)).requests.in_flight == 1]
+        stream.cancel()
+        # The call ends on the server, and nothing of it runs or waits there any more.
+        after = await wait_stats(serving, lambda s: s.requests.cancelled == before[serving].requests.cancelled + 1
+                                 and s.requests.in_flight == 0)
+        settled = await wait_stats(serving, lambda s: s.pool.busy == 0 and s.queue.depth == 0)
+    assert after.requests.by_status["CANCELLED"] == before[serving].requests.by_status.get("CANCELLED", 0) + 1
+    runs = settled.pool.runs_started - before[serving].pool.runs_started
+    # 40 sentences need at least 40 inference runs; the cancel left it at the few queued ahead (--lookahead 3).
+    assert 1 <= runs <= 8, runs
+    assert settled.pool.runs_completed == settled.pool.runs_started  # every run started has ended
+    assert fleet.served()["cancel-1"][0].status == "CANCELLED"
+
+
+async def _load_and_signal(fleet: Fleet, path: str, victim: int, sig: int, prefix: str):
+    """Steady load at concurrency 8 through `path`; `sig` to server `victim` while it has calls in flight;
+    the load goes on until _CALLS_AFTER calls started after the server exited have ended.
+
+    Returns (outcomes, when the signal was sent, when the server had exited, its exit code).
+    """
+    async with open_aio_channel(Connection(_target(fleet, path))) as channel:
+        load = SteadyLoad(pb_grpc.SynthesizerStub(channel), _CONCURRENCY, prefix)
+        load.start()
+        try:
+            await load.wait_for(lambda done: sum(o.code == grpc.StatusCode.OK for o in done) >= _CONCURRENCY)
+            await wait_stats(fleet.addresses[victim], lambda s: s.requests.in_flight >= 2)
+            signalled = time.monotonic()
+            fleet.signal(victim, sig)
+            code = await asyncio.to_thread(fleet.wait_exit, victim)
+            exited = time.monotonic()
+            await load.wait_for(lambda done: sum(o.started > exited for o in done) >= _CALLS_AFTER)
+        finally:
+            outcomes = await load.stop()
+    return outcomes, signalled, exited, code
+
+
+def _check_streams_whole(outcomes: list[Outcome]) -> None:
+    """Every stream that ended OK has its chunks once each, in order, the last one final: none was replayed."""
+    for o in outcomes:
+        if o.code == grpc.StatusCode.OK and o.rpc != "Synthesize":
+            assert o.sequences == list(range(len(o.sequences))) and o.final, o
+
+
+@pytest.mark.parametrize("path", ["nginx", "round_robin"])
+async def test_sigkill_loses_only_the_calls_the_killed_server_had_answered(fleet, path):
+    victim = 0
+    try:
+        outcomes, signalled, exited, code = await _load_and_signal(fleet, path, victim, signal.SIGKILL, f"kill-{path}")
+    finally:
+        fleet.restart(victim)
+    assert code == -signal.SIGKILL
+    served = fleet.served()
+    lost = [o for o in outcomes if o.code != grpc.StatusCode.OK]
+    # No call hangs: each ended OK or as a call cut off with its server (60 s deadlines: a hang would show).
+    if path == "nginx":  # nginx resets the client's stream when its server's connection breaks mid-answer
+        assert all(o.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in o.details for o in lost), lost
+    else:
+        assert all(o.code == grpc.StatusCode.UNAVAILABLE for o in lost), lost
+    # The lost calls are exactly the ones the victim was answering: started before the kill, answered
+    # (headers received, so no balancer may send them again) and logged by no server.
+    assert lost, "no call was in flight on the killed server"
+    assert all(o.started < signalled and o.headers_at is not None and o.request_id not in served for o in lost)
+    assert all(o.request_id in served for o in outcomes if o.code == grpc.StatusCode.OK)
+    # Every call that ended OK ran once, on one server; every call started after the kill went elsewhere.
+    for o in outcomes:
+        if o.code == grpc.StatusCode.OK:
+            [where] = served[o.request_id]
+            assert where.status == "OK" and (o.started < exited or where.server != victim), (o, where)
+    after = [o for o in outcomes if o.started > exited]
+    assert len(after) >= _CALLS_AFTER and all(o.code == grpc.StatusCode.OK for o in after)
+    _check_streams_whole(outcomes)
+    if path == "nginx":  # nginx tried no lost call anywhere else
+        log = _access_log(fleet)
+        assert all(log[o.request_id]["upstream"] == fleet.addresses[victim] for o in lost)
+
+
+@pytest.mark.parametrize("path", ["nginx", "round_robin"])
+async def test_sigterm_drains_without_a_failed_call(fleet, path):
+    victim = 1
+    try:
+        outcomes, signalled, exited, code = await _load_and_signal(fleet, path, victim, signal.SIGTERM,
+                                                                   f"drain-{path}")
+    finally:
+        fleet.restart(victim)
+    assert code == 0
+    assert [o for o in outcomes if o.code != grpc.StatusCode.OK] == []
+    served = fleet.served()
+    for o in outcomes:
+        [where] = served[o.request_id]  # once each, never retried after it began
+        assert where.status == "OK"
+    # The drain was exercised: calls in flight on the victim at SIGTERM finished there.
+    finished_on_victim = [o for o in outcomes
+                          if served[o.request_id][0].server == victim and o.started < signalled < o.ended]
+    assert finished_on_victim
+    after = [o for o in outcomes if o.started > exited]
+    assert len(after) >= _CALLS_AFTER and all(served[o.request_id][0].server != victim for o in after)
+    _check_streams_whole(outcomes)
