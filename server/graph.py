@@ -36,10 +36,13 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
-import onnx
-from onnx import helper
+if TYPE_CHECKING:
+    import onnx
+
+# `onnx` (14 MB of memory once imported) is imported only where a model is
+# parsed: a server whose graphs are already in the cache never needs it.
 
 # Ops a value passes through unchanged in kind between conv_pre and the first
 # upsampling: the activation, and the sum with the speaker conditioning.
@@ -96,6 +99,8 @@ def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] 
                           manifest["speaker"], durations)
     reason = manifest["reason"] if not manifest["split"] else "decoder windows are turned off (--no-decoder-windows)"
     if durations and not (folder / _WHOLE).exists():
+        import onnx
+
         partial = folder / f".{_WHOLE}.{os.getpid()}"
         onnx.save(_with_outputs(onnx.load(model_path), [durations]), str(partial))
         partial.replace(folder / _WHOLE)
@@ -104,6 +109,8 @@ def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] 
 
 def _make(model_path: str, folder: Path) -> dict:
     """Split the model (or note why not), write the graphs and a manifest into `folder`."""
+    import onnx
+
     model = onnx.load(model_path)
     durations = find_durations(model.graph)
     manifest: dict = {"format": _FORMAT, "durations": durations, "split": False, "reason": "",
@@ -124,6 +131,9 @@ def _make(model_path: str, folder: Path) -> dict:
 def split(model: onnx.ModelProto, latent: str, speaker: Optional[str],
           durations: Optional[str]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """Cut `model` at `latent` (and `speaker`) into an encoder and a decoder graph."""
+    import onnx.shape_inference
+    import onnx.utils
+
     graph_inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output][:1]
     known = {v.name for v in model.graph.value_info}
@@ -178,6 +188,8 @@ def _read_manifest(folder: Path) -> Optional[dict]:
 
 def _write(folder: Path, files: dict[str, onnx.ModelProto], manifest: dict) -> None:
     """Write into a fresh folder, then rename it into place: a reader sees all or nothing."""
+    import onnx
+
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     for name, model in files.items():
         onnx.save(model, str(partial / name))
@@ -255,6 +267,17 @@ def _computed_from(graph: onnx.GraphProto, source: str) -> set[str]:
     return reached
 
 
+def has_durations(model_path: str, cache_dir: Optional[Path]) -> bool:
+    """Whether the voice at `model_path` has a duration tensor: from its cached manifest
+    when there is one, else from its graph (parsed, a fraction of a second)."""
+    manifest = _read_manifest(_cache_folder(model_path, cache_dir))
+    if manifest is not None:
+        return bool(manifest["durations"])
+    import onnx
+
+    return find_durations(onnx.load(model_path).graph) is not None
+
+
 def find_durations(graph: onnx.GraphProto) -> Optional[str]:
     """The duration predictor's frames per id: the output of the graph's only Ceil node
     computed from the text (VITS rounds durations up before expanding ids to frames)."""
@@ -265,6 +288,9 @@ def find_durations(graph: onnx.GraphProto) -> Optional[str]:
 
 def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of `model` with `names` added as graph outputs (after the audio)."""
+    import onnx
+    from onnx import helper
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     existing = {o.name for o in copy.graph.output}

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from server import graph as graph_split
@@ -416,7 +415,7 @@ class SessionPool:
         known = self._has_durations.get(voice.name)
         if known is None:
             try:
-                known = graph_split.find_durations(onnx.load(str(voice.model_path)).graph) is not None
+                known = graph_split.has_durations(str(voice.model_path), self._settings.graph_cache)
             except Exception:  # noqa: BLE001 - an unreadable model fails its calls, named, elsewhere
                 known = False
             self._has_durations[voice.name] = known

@@ -115,7 +115,7 @@ def test_split_graphs_are_made_once_and_read_back_from_the_cache(tmp_path, monke
     def no_parsing(*args, **kwargs):
         raise AssertionError("the model was parsed again")
 
-    monkeypatch.setattr(graph.onnx, "load", no_parsing)
+    monkeypatch.setattr(onnx, "load", no_parsing)
     assert graph.load(str(path), cache_dir=tmp_path / "cache") == first
 
 
