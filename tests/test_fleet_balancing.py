@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -114,6 +115,33 @@ async def test_calls_spread_evenly_over_the_servers(fleet, path):
             await stub.Synthesize(pb.SynthesizeRequest(text="Spread me."), timeout=30)
         after = [rpc_total(await snapshot(a), "Synthesize") for a in fleet.addresses]
     assert [b - a for a, b in zip(before, after)] == [3, 3, 3]
+
+
+def _nginx_upstream_sockets(fleet: Fleet) -> dict[str, set[int]]:
+    """nginx's side of its connections to the servers, by TCP state ("01" established, "06" time-wait):
+    the local ports of the loopback sockets whose remote port is a server's (/proc/net/tcp)."""
+    ports = {int(a.rpartition(":")[2]) for a in fleet.addresses}
+    found: dict[str, set[int]] = {"01": set(), "06": set()}
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = row.split()[1:4]
+        if int(remote.split(":")[1], 16) in ports and state in found:
+            found[state].add(int(local.split(":")[1], 16))
+    return found
+
+
+async def test_nginx_keeps_its_connections_to_the_servers_open_between_calls(fleet, nginx):
+    async with open_aio_channel(Connection(nginx)) as channel:
+        stub = pb_grpc.SynthesizerStub(channel)
+        for _ in range(3):  # one connection to each server
+            await stub.ListVoices(pb.ListVoicesRequest(), timeout=30)
+        before = _nginx_upstream_sockets(fleet)
+        for _ in range(12):
+            await stub.ListVoices(pb.ListVoicesRequest(), timeout=30)
+        after = _nginx_upstream_sockets(fleet)
+    # Upstream keep-alive: the 12 calls went over the connections already open; none was closed after
+    # its call (nginx, closing first, would hold it in TIME_WAIT) and none was opened for it.
+    assert after["06"] <= before["06"]
+    assert after["01"] == before["01"] and len(after["01"]) == 3
 
 
 def _servers_of(fleet: Fleet, prefix: str) -> set[int]:
