@@ -169,3 +169,30 @@ async def test_a_frame_over_the_size_limit_closes_the_socket(app):
                 await asyncio.wait_for(ws.recv(), _TIMEOUT)
         assert info.value.rcvd.code == 1009  # message too big
     await idle(app)
+
+
+async def test_word_timings_come_with_the_audio_frames(app):
+    async with websockets.connect(_url(app)) as ws:
+        await _send(ws, type="start", voice=STILL, timestamps="words")
+        await _next_json(ws)
+        await _send(ws, type="text", text=TWO_SENTENCES)
+        await _send(ws, type="close")
+        frames, audio, done = await _collect(ws)
+    words = [w for f in frames for w in f.get("words", [])]
+    assert [TWO_SENTENCES[slice(*w["text_span"])] for w in words] == [
+        word.strip(".,") for word in TWO_SENTENCES.split()]
+    starts = [w["start_s"] for w in words]
+    assert starts == sorted(starts) and all(w["end_s"] > w["start_s"] for w in words)
+    rate = 22050
+    for frame in frames:  # a word comes with the chunk that holds its first sample
+        for w in frame.get("words", []):
+            assert frame["sample_offset"] <= round(w["start_s"] * rate) < frame["sample_offset"] + frame["num_samples"]
+    assert words[-1]["end_s"] <= done["audio_s"]
+
+
+async def test_an_unknown_timestamps_value_is_400(app):
+    async with websockets.connect(_url(app)) as ws:
+        await _send(ws, type="start", timestamps="syllables")
+        error = await _next_json(ws)
+    assert error["status"] == 400 and error["field"] == "timestamps"
+

@@ -4,7 +4,8 @@ The page speaks a two-sentence text over the WebSocket live endpoint; from
 the page's own record (window.speakstream.last) the test checks that audio
 began playing before the second sentence's first audio had arrived, that
 the duration played (on the AudioContext clock, less any underrun) is the
-duration the server sent, and that the console holds no error. It also
+duration the server sent, that every word was highlighted in order as it
+was heard, and that the console holds no error. It also
 refreshes docs/page.png when SPEAKSTREAM_SCREENSHOT is set.
 """
 
@@ -77,7 +78,7 @@ async def test_the_page_plays_the_audio_as_it_arrives(app, browser):
                             "document.getElementById('text').value = arguments[0];"
                             "document.getElementById('speak').click();", TWO_SENTENCES)
     if os.environ.get("SPEAKSTREAM_SCREENSHOT"):  # mid-speech: the words being heard are highlighted
-        await _wait_for(browser, "return document.querySelector('#spoken .heard')?.textContent.length > 0")
+        await _wait_for(browser, "return (window.speakstream.last?.wordsShown.length || 0) >= 8")
         await asyncio.to_thread(browser.save_screenshot, str(_SCREENSHOT))
     record = await _wait_for(browser, "const r = window.speakstream.last; return r && r.ended && r;")
     second = [c for c in record["chunks"] if c["sentence"] == 1]
@@ -89,6 +90,9 @@ async def test_the_page_plays_the_audio_as_it_arrives(app, browser):
     # Played = the first buffer's start to the last one's end on the AudioContext clock, less the
     # time it waited for late audio; a render quantum (128 frames) either side at most.
     assert record["playedS"] - record["underrunS"] == pytest.approx(sent_s, abs=0.02)
+    # Each word was highlighted, in order, as it was heard.
+    assert len(record["words"]) == len(TWO_SENTENCES.split())
+    assert record["wordsShown"] == record["words"]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     ttfa = await asyncio.to_thread(browser.execute_script, "return document.getElementById('ttfa').textContent")

@@ -31,6 +31,7 @@ from server.output import ChunkWriter, OutputChunk
 from server.scheduler import Scheduler
 from server.security import AuthTokens, bearer_token, token_in
 from server.synthesis import Synthesizer
+from server.timings import Timestamps
 from server.voices import Voice, VoiceRegistry
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -141,6 +142,7 @@ class Knobs:
     encoding: Encoding = Encoding.LINEAR16
     chunk_ms: int = 0
     sample_rate: int = 0
+    timestamps: Timestamps = Timestamps.NONE
 
 
 def synthesis_options(ctx: DoorContext, knobs: Knobs, live_text: bool = False) -> opts.SynthesisOptions:
@@ -158,6 +160,7 @@ def synthesis_options(ctx: DoorContext, knobs: Knobs, live_text: bool = False) -
         encoding=knobs.encoding,
         chunk_ms=opts.check_chunk_ms(knobs.chunk_ms),
         output_rate=opts.check_sample_rate(voice, knobs.encoding, knobs.sample_rate),
+        timestamps=knobs.timestamps,
     )
 
 

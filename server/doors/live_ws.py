@@ -25,6 +25,7 @@ from server.errors import InvalidArgument, SpeakstreamError
 from server.metrics import CallRecord
 from server.output import OutputChunk
 from server.security import UNAUTHENTICATED_DETAILS
+from server.timings import Timestamps, WordTiming
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ FORMATS = {
     "alaw": Encoding.ALAW, "opus": Encoding.OGG_OPUS, "flac": Encoding.FLAC, "mp3": Encoding.MP3,
     "aac": Encoding.AAC,
 }
+# timestamps -> what the audio frames' `words` carry (as SynthesizeRequest.timestamps).
+TIMESTAMPS = {"none": Timestamps.NONE, "words": Timestamps.WORDS, "words_and_phonemes": Timestamps.WORDS_AND_PHONEMES}
 NORMAL_CLOSE = 1000
 _GONE = object()
 
@@ -111,7 +114,7 @@ class LiveEndpoint:
             async for chunk in calls.live_chunks(self._ctx, options, start.segmenter, requests,
                                                  call.request_id, call):
                 samples += chunk.num_samples
-                await _send_chunk(websocket, chunk)
+                await _send_chunk(websocket, chunk, options.client_rate)
         except SpeakstreamError as exc:
             await _refuse(websocket, exc, call)
             return
@@ -133,6 +136,9 @@ class _Start:
         fmt = calls.string(frame, "format", "pcm")
         if fmt not in FORMATS:
             raise InvalidArgument("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        timestamps = calls.string(frame, "timestamps", "none")
+        if timestamps not in TIMESTAMPS:
+            raise InvalidArgument("timestamps", f"must be one of {', '.join(TIMESTAMPS)}, got {timestamps!r}")
         speaker = frame.get("speaker")
         voice_name = calls.string(frame, "voice", "")
         knobs = calls.Knobs(
@@ -142,7 +148,7 @@ class _Start:
             speed=calls.number(frame, "speed"), noise_scale=calls.number(frame, "noise_scale"),
             noise_w=calls.number(frame, "noise_w"), sentence_silence_s=calls.number(frame, "sentence_silence_s"),
             encoding=FORMATS[fmt], chunk_ms=calls.integer(frame, "chunk_ms") or 0,
-            sample_rate=calls.integer(frame, "sample_rate") or 0)
+            sample_rate=calls.integer(frame, "sample_rate") or 0, timestamps=TIMESTAMPS[timestamps])
         options = calls.synthesis_options(ctx, knobs, live_text=True)
         segmenter = calls.live_segmenter(calls.integer(frame, "max_pending_ms"),
                                          calls.integer(frame, "max_pending_chars"))
@@ -192,15 +198,26 @@ def _frame(message: dict) -> dict:
     return frame
 
 
-async def _send_chunk(websocket: WebSocket, chunk: OutputChunk) -> None:
+async def _send_chunk(websocket: WebSocket, chunk: OutputChunk, rate: int) -> None:
     if not chunk.audio and not chunk.num_samples and not chunk.final:
         return
-    await websocket.send_text(json.dumps({
-        "type": "audio", "sequence": chunk.sequence, "sample_offset": chunk.sample_offset,
-        "num_samples": chunk.num_samples, "text_span": list(chunk.span), "sentence_index": chunk.sentence_index,
-        "final": chunk.final, "bytes": len(chunk.audio)}))
+    frame = {"type": "audio", "sequence": chunk.sequence, "sample_offset": chunk.sample_offset,
+             "num_samples": chunk.num_samples, "text_span": list(chunk.span),
+             "sentence_index": chunk.sentence_index, "final": chunk.final, "bytes": len(chunk.audio)}
+    if chunk.words:
+        frame["words"] = [_word(w, rate) for w in chunk.words]
+    await websocket.send_text(json.dumps(frame))
     if chunk.audio:
         await websocket.send_bytes(chunk.audio)
+
+
+def _word(word: WordTiming, rate: int) -> dict:
+    """A word's span and its times in seconds from the stream's start (and its phonemes', when asked)."""
+    out = {"text_span": list(word.span), "start_s": word.start / rate, "end_s": word.end / rate}
+    if word.phonemes:
+        out["phonemes"] = [{"phoneme": p.phoneme, "start_s": p.start / rate, "end_s": p.end / rate}
+                           for p in word.phonemes]
+    return out
 
 
 async def _refuse(websocket: WebSocket, exc: SpeakstreamError, call: CallRecord) -> None:

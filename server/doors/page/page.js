@@ -66,8 +66,8 @@ function later(ms, fn) {
 }
 
 // One chunk: PCM16 into an AudioBuffer, started right after the previous one (or now,
-// after an underrun), and its text (or its words' text, once the server sends words)
-// highlighted while it plays.
+// after an underrun), and each of its words highlighted when it is heard (the chunk's
+// text span for a voice without word timings).
 function play(record, meta, data) {
   const ctx = page.ctx;
   const pcm = new Int16Array(data);
@@ -101,7 +101,13 @@ function play(record, meta, data) {
   const words = meta.words || [];
   if (words.length) {
     const chunkStart = meta.sample_offset / record.sampleRate;
-    for (const w of words) later(inMs + (w.start_s - chunkStart) * 1000, () => showHeard(record, w.text_span));
+    for (const w of words) {
+      record.words.push(w.text_span);
+      later(inMs + (w.start_s - chunkStart) * 1000, () => {
+        record.wordsShown.push(w.text_span);
+        showHeard(record, w.text_span);
+      });
+    }
   } else if (meta.text_span[1] > meta.text_span[0]) {
     later(inMs, () => showHeard(record, meta.text_span));
   }
@@ -127,7 +133,7 @@ function speak(event) {
     text, chars: codePoints(text), clickedAt: performance.now(), requestId: null, sampleRate: 0,
     firstAudioAt: null, playStartAt: null, playStartCtx: null, endedCtx: 0, nextTime: 0, underrunS: 0,
     scheduledS: 0, receivedSamples: 0, serverSamples: null, serverAudioS: null, playedS: null,
-    chunks: [], pendingSources: 0, ended: false, error: null,
+    chunks: [], pendingSources: 0, ended: false, error: null, words: [], wordsShown: [],
   };
   window.speakstream.last = record;
   document.body.dataset.state = "speaking";
@@ -142,7 +148,7 @@ function speak(event) {
   let meta = null;
   ws.onopen = () => {
     const start = { type: "start", voice: $("voice").value, speaker: Number($("speaker").value),
-      speed: Number($("speed").value), format: "pcm" };
+      speed: Number($("speed").value), format: "pcm", timestamps: "words" };
     const token = $("token").value.trim();
     if (token) start.token = token;
     ws.send(JSON.stringify(start));
