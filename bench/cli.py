@@ -23,7 +23,9 @@ Sections:
 - voices: TTFA of a request for voice B while voice A streams (bench/voices.py);
 - doors: time to first audio through the OpenAI speech API (HTTP) vs gRPC on the same server,
   Wyoming streaming's first sentence vs the floor, gRPC with the doors on and idle vs off
-  (bench/doors.py).
+  (bench/doors.py);
+- fleet: 1, 2 and 3 servers behind nginx vs the same servers called directly (round_robin), on
+  loopback: throughput, TTFA, nginx's CPU per call and per audio second (bench/fleet.py).
 Ratios are computed from figures measured in this same run.
 """
 
@@ -36,7 +38,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import doors, encoding, live, playback, voices
+from bench import doors, encoding, fleet, live, playback, voices
 from bench import engine as engine_bench
 from bench import fastaudio as fastaudio_bench
 from bench.floor import Floor, bench_floor
@@ -45,7 +47,7 @@ from bench.server_process import ServerProcess
 from bench.server_section import print_table, run_server_sections, targets
 from clients.channel import add_connection_flags, connection_from_args
 
-SECTIONS = ["server", "engine", "metrics", "live", "fastaudio", "playback", "encoding", "voices", "doors"]
+SECTIONS = ["server", "engine", "metrics", "live", "fastaudio", "playback", "encoding", "voices", "doors", "fleet"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +130,10 @@ def main(argv=None) -> int:
         print("measuring the HTTP and Wyoming doors ...", file=sys.stderr)
         results["doors"] = doors.run(args.server_args.split(), rounds=args.repeats)
         doors.print_table(results["doors"])
+    if "fleet" in args.sections and not args.target:
+        print("measuring fleets of servers behind nginx and called directly ...", file=sys.stderr)
+        results["fleet"] = fleet.run(args.server_args.split(), args.seconds)
+        fleet.print_table(results["fleet"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}", file=sys.stderr)
