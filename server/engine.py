@@ -223,6 +223,14 @@ class CallEngine:
         self._clock, self._audio_ahead_s, self._epoch = time.monotonic(), 0.0, self._epoch + 1
         self._changes.changed()
 
+    def unfinished_turns(self, context_id: str) -> list[Turn]:
+        """The turns of `context_id` with spans or audio still to give out."""
+        turns = {id(t): t for t in self._turns if t.context_id == context_id}
+        for item in self._works:
+            if isinstance(item, _Work) and item.turn.context_id == context_id:
+                turns.setdefault(id(item.turn), item.turn)
+        return list(turns.values())
+
     def fail(self, error: BaseException) -> None:
         """End the call with `error` (raised by pieces()), e.g. a bad message from the client."""
         self._error = error

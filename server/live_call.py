@@ -127,7 +127,12 @@ class LiveCall:
             self._end(context, cancel=False)
         elif kind == "clear":
             context.segmenter.clear()
-            self._end(context, cancel=True)
+            if context is self._default:  # barge-in: every turn of it not yet sent, flushed ones too
+                for turn in self._engine.unfinished_turns(""):
+                    self._engine.cancel_turn(turn)
+                context.turn = None
+            else:
+                self._end(context, cancel=True)
 
     def _context(self, context_id: str) -> _Context:
         """The context named `context_id`, opened on first use; an ended one is refused."""

@@ -227,3 +227,22 @@ async def test_text_over_max_chars_is_invalid_argument(stub, settings):
         await _drain(call)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "text" in info.value.details()
+
+
+async def test_clear_after_flush_drops_the_flushed_turns_audio_not_yet_sent(app, stub):
+    request_id = uuid.uuid4().hex
+    call = _start(stub, request_id)
+    await call.write(_config(deterministic=False))
+    await call.write(pb.LiveRequest(text=_MANY))
+    await call.write(pb.LiveRequest(flush=True))
+    first = await _read(call)
+    assert first.num_samples > 0
+    await call.write(pb.LiveRequest(clear=True))
+    await call.write(pb.LiveRequest(text="After the barge-in."))
+    await call.done_writing()
+    rest = await _drain(call)
+    # The flushed reply stops (30 sentences would be minutes of audio); the new text is spoken.
+    assert sum(c.num_samples for c in [first, *rest]) < 20 * 22050
+    assert any(c.text_span.start >= len(_MANY) for c in rest if c.num_samples)
+    await asyncio.wait_for(app.scheduler.wait_idle(), _TIMEOUT)
+    assert _runs(app, request_id) < 20
