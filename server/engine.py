@@ -42,7 +42,7 @@ import numpy as np
 from server.changes import Changes
 from server.errors import InvalidArgument
 from server.frontend import Segment
-from server.inference import Encoded
+from server.inference import Encoded, Scales
 from server.options import SynthesisOptions
 from server.pool import VoiceSessions
 from server.scheduler import Job
@@ -302,7 +302,7 @@ class CallEngine:
         segment, context = work.segment, work.turn.context_id
         first = True
         async for audio, is_last in self._work_audio(work):
-            if silence_due and self._silence.size:
+            if silence_due and self._silence.size and segment.silence_s is None:  # a break is the pause there
                 self._pieces_out += 1
                 yield AudioPiece(self._silence, (last.span[1],) * 2, segment.sentence_index, context_id=context)
                 silence_due = False
@@ -313,6 +313,8 @@ class CallEngine:
                     await self._changes.wait_until(self._has_news)
                     final = self._is_final()
             self._pieces_out += 1
+            if segment.gain != 1.0:
+                audio = np.clip(audio * segment.gain, -1.0, 1.0).astype(np.float32)
             yield AudioPiece(audio, segment.span, segment.sentence_index, final,
                              words=work.timings if first else (), context_id=context)
             first = False
@@ -420,13 +422,18 @@ class CallEngine:
         self._top_up()
 
     def _work(self, segment: Segment, turn: Turn, first_of_turn: bool) -> _Work:
-        estimate = len(segment.phonemes) * self._seconds_per_phoneme()
+        silence = segment.silence_s
+        estimate = silence if silence is not None else len(segment.phonemes) * self._seconds_per_phoneme()
         work = _Work(segment, turn, first_of_turn, due=self._clock + self._audio_ahead_s,
                      estimate_s=estimate, epoch=self._epoch)
         self._audio_ahead_s += estimate
+        if silence is not None:  # a break: its audio is known, no job
+            audio = np.zeros(round(silence * self._options.sample_rate), np.float32)
+            work.windows, work.planned = [_Window(0, 0, audio=audio)], True
+            return work
         options, cache = self._options, self._synth.cache
         if options.deterministic and cache.max_bytes:
-            key = (options.voice.name, segment.ids, options.speaker_id, options.scales.length_scale)
+            key = (options.voice.name, segment.ids, options.speaker_id, self._scales(segment).length_scale)
             cached = cache.get(key)
             if cached is not None:
                 audio, durations = cached
@@ -442,6 +449,12 @@ class CallEngine:
         return word_timings(segment.phonemes, segment.words, durations, self._sessions.hop,
                             self._options.voice.config.phoneme_id_map,
                             self._options.timestamps is Timestamps.WORDS_AND_PHONEMES)
+
+    def _scales(self, segment: Segment) -> Scales:
+        """The request's scales, with the segment's own length scale if it has one."""
+        if segment.length_scale is None:
+            return self._options.scales
+        return dataclasses.replace(self._options.scales, length_scale=segment.length_scale)
 
     def _seconds_per_phoneme(self) -> float:
         if self._phonemes_encoded:
@@ -476,12 +489,13 @@ class CallEngine:
                     budget -= 1
 
     def _submit_encode(self, work: _Work) -> None:
-        sessions, options, ids = self._sessions, self._options, work.segment.ids
+        sessions, ids, speaker = self._sessions, work.segment.ids, self._options.speaker_id
+        scales = self._scales(work.segment)
         first = self._windows[0] if work.first_of_turn else self._windows[1]
         largest = self._windows[1]
 
         def run(run_options):
-            return _encode(sessions, ids, options, first, largest, run_options)
+            return _encode(sessions, ids, scales, speaker, first, largest, run_options)
 
         work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline,
                                                        owner=self._job_owner(work))
@@ -520,12 +534,12 @@ class CallEngine:
         return f"{self._owner}/{context}" if context else self._owner
 
 
-def _encode(sessions: VoiceSessions, ids, options: SynthesisOptions, first: int, largest: int,
+def _encode(sessions: VoiceSessions, ids, scales: Scales, speaker_id: int, first: int, largest: int,
             run_options) -> tuple[Encoded, list[tuple[int, int]], np.ndarray]:
     """A segment's encoder job (in a worker thread): encode, plan the windows, and decode the
     first window at once, since it is due as soon as the encoder is done; a voice that runs
     whole has one window, its audio."""
-    encoded = sessions.encode(ids, options.scales, options.speaker_id, run_options)
+    encoded = sessions.encode(ids, scales, speaker_id, run_options)
     if encoded.audio is not None:
         return encoded, [(0, encoded.frames)], encoded.audio
     plan = plan_windows(encoded.frames, first, largest)

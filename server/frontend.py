@@ -22,7 +22,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from piper_phonemize import phonemize_espeak
 
@@ -78,6 +78,12 @@ class Segment:
     words: tuple[Word, ...] = ()
     """The words it speaks, their phonemes as indices into `phonemes`; only when timestamps
     were asked for (a word cut in two by a segment limit stays with its first part)."""
+    length_scale: Optional[float] = None
+    """Its own length scale (SSML `prosody rate`); None: the request's."""
+    gain: float = 1.0
+    """Its audio is multiplied by this (SSML `prosody volume`)."""
+    silence_s: Optional[float] = None
+    """A break (SSML `<break>`): this much exact silence, no phonemes (`ids` empty)."""
 
 
 # Characters that are dropped before espeak-ng sees the text (see normalize).
