@@ -152,24 +152,26 @@ class Settings:
     """
 
     # --- engine
-    pool_size: int = setting(1, "engine", "inferences run at the same time, over all voices; each uses "
-                                          "--intra-op-threads threads", range=(1, 256))
-    """Inference runs in flight at once, over all sessions.
+    pool_size: int = setting(None, "engine", "inferences run at the same time, over all voices; each uses "
+                                             "--intra-op-threads threads (default: the number of cores, "
+                                             "%(default)s here)", factory=_cores, range=(1, 256))
+    """Inference runs (encoder jobs and decoder windows) in flight at once, over all voices.
 
-    1 by default: a run's activations take ~150 MB for a 100-phoneme segment,
-    so runs side by side cost memory, and one run on all cores (intra-op
-    threads) is also the fastest way to a first chunk. See docs/BENCHMARKS.md.
+    One single-threaded run per core by default: the jobs are small (a
+    segment's encoder, a window of the decoder), so two runs side by side
+    keep both cores busy (the parallel floor of docs/BENCHMARKS.md) while a
+    new call's first job waits at most for one short job to end; a window's
+    activations are a few tens of MB, so runs side by side cost little memory.
     """
 
     sessions: int = setting(1, "engine", "copies of each voice's model loaded, for isolation only: runs share "
                                          "the sessions, so more do not run more at once", range=(1, 64))
     """ONNX Runtime sessions per voice; runs share them (ORT run is thread-safe)."""
 
-    intra_op_threads: int = setting(None, "engine", "threads ONE inference may use (default: the number of "
-                                                    "cores, %(default)s here); with --pool-size > 1 use cores / "
-                                                    "pool-size; 0 = ONNX Runtime's choice",
-                                    factory=_cores, range=(0, 256))
-    """Threads one run may use (default: cores; with pool_size > 1 use fewer)."""
+    intra_op_threads: int = setting(1, "engine", "threads ONE inference may use; more than 1 only with fewer "
+                                                 "--pool-size workers than cores; 0 = ONNX Runtime's choice",
+                                    range=(0, 256))
+    """Threads one run may use (1: the cores are shared out by running one job per core)."""
 
     inter_op_threads: int = setting(1, "engine", "threads for parallel graph branches", range=(0, 256))
     """Threads for parallel graph branches (sequential execution uses one)."""

@@ -197,7 +197,7 @@ def test_help_says_what_pool_size_sessions_and_threads_mean():
     assert "--pool-size POOL_SIZE inferences run at the same time, over all voices" in text
     assert "--sessions SESSIONS copies of each voice's model loaded, for isolation" in text
     assert "--intra-op-threads INTRA_OP_THREADS threads ONE inference may use" in text
-    assert f"(default: the number of cores, {DEFAULTS.intra_op_threads} here)" in text
+    assert f"(default: the number of cores, {DEFAULTS.pool_size} here)" in text
 
 
 def test_help_states_every_range():
