@@ -168,9 +168,9 @@ def live_segmenter(max_pending_ms: Optional[int],
                    max_pending_chars: Optional[int]) -> Callable[[], live.LiveSegmenter]:
     """What makes a live call's segmenters (one per context), with SynthesizeLive's ranges and defaults."""
     max_ms = max_pending_ms or live.DEFAULT_MAX_PENDING_MS
-    opts.check_range("max_pending_ms", max_ms, (50, 10_000))
+    opts.check_range("max_pending_ms", max_ms, live.MAX_PENDING_MS_RANGE)
     max_chars = max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS
-    opts.check_range("max_pending_chars", max_chars, (1, 1_000_000))
+    opts.check_range("max_pending_chars", max_chars, live.MAX_PENDING_CHARS_RANGE)
     return lambda: live.LiveSegmenter(max_ms, max_chars)
 
 
