@@ -15,6 +15,7 @@ Used by the playback tests and by bench/playback.py:
         ... play ...
         device.wait_closed(timeout)  # the player closed the device
         device.data                  # the bytes, PortAudio's priming silence included
+        device.reads                 # when they arrived: (time.monotonic(), bytes so far) per read
 
 In-process players must set HOME to ``device.home`` before PyAudio
 initializes (ALSA reads ~/.asoundrc then; Pa_Terminate makes it read again).
@@ -56,6 +57,7 @@ class PacedFileDevice:
         self.fifo = self.home / "device.fifo"
         self.bytes_per_s = sample_rate * bytes_per_frame
         self._data = bytearray()
+        self._reads: list[tuple[float, int]] = []
         self._cond = threading.Condition()
         self._sessions = 0  # writer sessions that delivered data and ended
         self._stop = threading.Event()
@@ -87,6 +89,12 @@ class PacedFileDevice:
         """Every byte the device received so far."""
         with self._cond:
             return bytes(self._data)
+
+    @property
+    def reads(self) -> list[tuple[float, int]]:
+        """Each read so far: (time.monotonic() as it returned, bytes received in all by then)."""
+        with self._cond:
+            return list(self._reads)
 
     def wait_bytes(self, nbytes: int, timeout: float) -> bool:
         """Wait until the device has received at least `nbytes`."""
@@ -127,13 +135,15 @@ class PacedFileDevice:
                 chunk = os.read(fd, _READ_BYTES)
             except BlockingIOError:
                 continue
+            now = time.monotonic()
             if not chunk:  # every writer has gone (POLLHUP)
                 return got
             if not got:
-                started = time.monotonic()
+                started = now
             got += len(chunk)
             with self._cond:
                 self._data += chunk
+                self._reads.append((now, len(self._data)))
                 self._cond.notify_all()
             # The clock: byte n may leave no earlier than n / rate after the first.
             ahead = started + got / self.bytes_per_s - time.monotonic()

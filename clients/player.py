@@ -7,8 +7,8 @@ Three threads meet here, each with one job:
 - the feeder thread cuts them into frames with a fastaudio Chunker and writes
   them into a fastaudio RingBuffer (the ring's only producer), and decides
   when playback starts and resumes;
-- PortAudio's callback reads the ring (its only consumer). In the playing
-  state it allocates no Python object: it fills a preallocated buffer and
+- PortAudio's callback reads the ring (its only consumer). While audio
+  flows it allocates no Python object: it fills a preallocated buffer and
   returns a preallocated tuple. (PyAudio's C wrapper still builds the
   arguments of each call, a frame count and a time-info dict; that is
   PyAudio's, beyond reach from Python.)
@@ -20,12 +20,24 @@ open, the callback plays the partial block padded with zeros, then silence
 which doubles on every underrun up to ``max_prebuffer_ms``. At the end the
 ring is drained to the last sample before the device stops.
 
+When is a frame heard? Not when the callback takes it: the device's own
+buffers hold it a while (on ALSA, PortAudio's buffer plus whatever the
+device keeps that nobody reports). The player keeps the device's clock
+instead: a sound card plays at its sample rate from the moment it starts,
+and PortAudio's ALSA backend starts it with its whole buffer (the output
+latency plus one block) primed with silence, so the first block is heard
+that long after the start, unless PortAudio reports a later DAC time for
+it (a sound server's own buffering). Every later device frame follows at
+the sample rate; the silence played during underruns is recorded by the
+callback (``heard_at``, ``frames_heard``).
+
 PyAudio is imported lazily: writing WAV files or raw PCM needs no sound stack.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import queue
 import sys
@@ -159,14 +171,17 @@ class Player:
     the block early (an exception, Ctrl-C) aborts playback at once.
 
     :param pyaudio_module: stands in for the ``pyaudio`` module (tests).
+    :param clock: stands in for time.monotonic (tests).
     """
 
     # Made by open(); _opened says whether it ran.
     _ring: RingBuffer
     _chunker: Chunker
 
-    def __init__(self, config: PlayerConfig = PlayerConfig(), *, pyaudio_module: Any = None):
+    def __init__(self, config: PlayerConfig = PlayerConfig(), *, pyaudio_module: Any = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self._clock = clock
         self.device_log = ""
         self._pyaudio_module = pyaudio_module
         self._pyaudio: Any = None
@@ -197,6 +212,17 @@ class Player:
         self._started_at: Optional[float] = None
         self._first_sound_at: Optional[float] = None
         self._finished_at: Optional[float] = None
+        # The device's clock (see the module docstring): when device frame 0,
+        # the first callback's first frame, is heard; set at start, refined by
+        # the first callback; and when playback was cut off (abort).
+        self._heard_from: Optional[float] = None
+        self._refine_clock = False
+        self._stopped_at: Optional[float] = None
+        # Silence the device played between audio frames (underruns): per gap,
+        # (audio frames taken before it, silence frames played in all so far).
+        self._gaps: list[tuple[int, int]] = []
+        self._changes = 0
+        self._changed = threading.Condition()
         # The callback's preallocated answers (see _make_buffers).
         self._out: bytes = b""
         self._out_view: Optional[memoryview] = None
@@ -299,8 +325,70 @@ class Player:
         return self._done.wait(timeout)
 
     def frames_played(self) -> int:
-        """Frames the callback has taken from the ring so far."""
+        """Frames the callback has taken from the ring so far (the device has not necessarily played them yet)."""
         return self._frames_written - self._ring.fill_frames if self._opened else 0
+
+    def heard_at(self, frame: int) -> Optional[float]:
+        """When audio frame `frame` (from 0) reaches the listener, on the clock (time.monotonic).
+
+        None while that is unknown: the device has not started, the frame
+        is not in the ring yet, or playback waits to resume after an
+        underrun (the silence before the frame is still growing). Once
+        known, a later underrun before the frame moves it later: ask again
+        at the time given.
+        """
+        start = self._heard_from
+        if start is None or self._stopped_at is not None or frame >= self._frames_written:
+            return None
+        if frame >= self.frames_played() and self._state != _PLAYING:
+            return None
+        return start + (frame + self._silence_before(frame)) / self._sample_rate
+
+    def frames_heard(self, at: Optional[float] = None) -> int:
+        """Audio frames the listener has heard by `at` (default now; at most until playback was cut off)."""
+        start = self._heard_from
+        if start is None:
+            return 0
+        now = self._clock() if at is None else at
+        if self._stopped_at is not None:
+            now = min(now, self._stopped_at)
+        if now < start:
+            return 0
+        device_frames = math.floor((now - start) * self._sample_rate) + 1  # those begun by `now`
+        silence = 0
+        for taken, silence_after in list(self._gaps):
+            if device_frames <= taken + silence:
+                break
+            if device_frames <= taken + silence_after:
+                return taken  # in that gap's silence
+            silence = silence_after
+        return min(device_frames - silence, self.frames_played())
+
+    @property
+    def changes(self) -> int:
+        """A count that grows whenever audio enters the ring or playback starts, resumes, ends or stops."""
+        return self._changes
+
+    def wait_change(self, seen: int, timeout: Optional[float] = None) -> int:
+        """Wait until `changes` is no longer `seen` (or `timeout` passes); its value."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._changes != seen, timeout)
+            return self._changes
+
+    def wake(self) -> None:
+        """Count a change: wakes everyone in wait_change (also a caller that wants to stop waiting)."""
+        with self._changed:
+            self._changes += 1
+            self._changed.notify_all()
+
+    def _silence_before(self, frame: int) -> int:
+        """Silence frames the device played before audio frame `frame`."""
+        silence = 0
+        for taken, silence_after in list(self._gaps):
+            if taken > frame:
+                break
+            silence = silence_after
+        return silence
 
     def finish(self, on_wait: Optional[Callable[[], None]] = None) -> PlaybackStats:
         """End the input, play to the last sample, stop the device; the stats.
@@ -334,6 +422,8 @@ class Player:
 
     def abort(self) -> None:
         """Stop at once, dropping what is buffered (Ctrl-C)."""
+        if self._stopped_at is None and not self._finished:
+            self._stopped_at = self._clock()  # what the device held from here on is never heard
         self._aborted = True
         if self._opened:
             self._ring.close()  # wakes a feeder waiting for room
@@ -345,6 +435,7 @@ class Player:
         if self._stream is not None:
             _quietly(self._stream.close)  # Pa_CloseStream discards pending buffers
         self._finished = True
+        self.wake()
 
     def stats(self) -> PlaybackStats:
         """A snapshot of what the player did so far."""
@@ -414,6 +505,7 @@ class Player:
         self._frames_written += len(frame) // _BYTES_PER_FRAME
         if self._state != _PLAYING:
             self._rebuffer()
+        self.wake()
 
     def _rebuffer(self) -> None:
         if self._state == _UNDERRUN:
@@ -432,11 +524,17 @@ class Player:
             self._play()
         else:
             self._done.set()
+        self.wake()
 
     def _play(self) -> None:
         self._state = _PLAYING
         if self._started_at is None and not self._aborted:
             self._started_at = time.monotonic()
+            # PortAudio's ALSA backend primes its whole buffer (the latency plus
+            # one block) with silence before the first block.
+            self._heard_from = (self._clock() + self._output_latency_s
+                                + self._block_frames / self._sample_rate)
+            self._refine_clock = True
             try:
                 self._stream.start_stream()
             except OSError as exc:
@@ -462,8 +560,11 @@ class Player:
         self._silence = (bytes(self._block_bytes), cont)
 
     def _callback(self, in_data, frame_count, time_info, status):
+        if self._refine_clock:
+            self._set_clock(time_info)
         if self._state != _PLAYING:
             self._silent_blocks += 1
+            self._mark_gap()
             return self._silence
         if self._out_view is None or frame_count != self._block_frames:
             return self._callback_copying(frame_count)
@@ -483,6 +584,7 @@ class Player:
             self._done.set()
             return self._last
         self._state = _UNDERRUN
+        self._mark_gap()
         return self._playing
 
     def _callback_copying(self, frame_count: int):
@@ -499,7 +601,25 @@ class Player:
                 flag = self._pyaudio.paComplete
             else:
                 self._state = _UNDERRUN
+                self._mark_gap()
         return bytes(buf), flag
+
+    def _set_clock(self, time_info: dict) -> None:
+        """The first block: believe PortAudio's DAC time for it when it is later than the priming."""
+        self._refine_clock = False
+        now = self._clock()
+        dac, current = time_info.get("output_buffer_dac_time"), time_info.get("current_time")
+        if dac is not None and current is not None and now + (dac - current) > self._heard_from:
+            self._heard_from = now + (dac - current)
+
+    def _mark_gap(self) -> None:
+        """Record the silence played so far after the frames taken (underruns only: it allocates)."""
+        taken = self.frames_played()
+        silence = self._ring.underrun_frames + self._silent_blocks * self._block_frames
+        if self._gaps and self._gaps[-1][0] == taken:
+            self._gaps[-1] = (taken, silence)
+        else:
+            self._gaps.append((taken, silence))
 
     # ---- helpers --------------------------------------------------------------------
 
