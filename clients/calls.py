@@ -66,6 +66,11 @@ class TextCalls:
         self._ahead: Optional[Call] = None  # started, not yet handed out
         self._started: list[Call] = []
 
+    @property
+    def text(self) -> str:
+        """The whole text, which Call.text_start and the calls' spans index."""
+        return self._text
+
     def next(self) -> Optional[Call]:
         """The next call (started now unless it already was), None after the last."""
         if self._ahead is None:
@@ -117,8 +122,20 @@ class LiveCalls:
         self._current: Optional[tuple[Call, queue.Queue]] = None
         self._call_text = ""  # the current call's text so far
         self._offset = 0  # code points sent in all calls
+        self._sent: list[str] = []  # every piece sent, in order
+        self._text = ""  # the pieces joined, up to _text_pieces
+        self._text_pieces = 0
         self._cancelled = False
         self._reader = threading.Thread(target=self._read, name="speakstream-live-reader", daemon=True)
+
+    @property
+    def text(self) -> str:
+        """All text sent so far, in all calls: what Call.text_start and the calls' spans index."""
+        sent = len(self._sent)  # the reader thread appends meanwhile
+        if sent != self._text_pieces:
+            self._text += "".join(self._sent[self._text_pieces:sent])
+            self._text_pieces = sent
+        return self._text
 
     def start(self) -> None:
         """Open the first call and start reading."""
@@ -191,6 +208,7 @@ class LiveCalls:
 
     def _forward(self, text: str) -> None:
         if text:
+            self._sent.append(text)  # before the server can speak it
             self._current[1].put(pb.LiveRequest(text=text))
             self._call_text += text
             self._offset += len(text)

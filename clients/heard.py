@@ -13,7 +13,8 @@ and ask it with the number of samples the sound card has played:
     said = transcript.heard(player.frames_played())
 
 Samples count from the start of the stream at its sample rate, as
-AudioChunk.words does (docs/API.md, Timestamps).
+AudioChunk.words does (docs/API.md, Timestamps). speakstream-say uses it
+for --captions, --timestamps and what it prints as heard after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,14 +41,24 @@ class Transcript:
     text: str
     """The text the spans index: a request's text, or a live context's text pieces joined."""
     words: list[Word] = field(default_factory=list)
+    sample_rate: int = 0
+    """The rate the samples count at: the stream's, from its chunks."""
     _starts: list[int] = field(default_factory=list)
 
-    def add(self, chunk) -> list[Word]:
-        """Take the word timings of one AudioChunk (a speakstream.v1.AudioChunk); returns them."""
+    def add(self, chunk, text_offset: int = 0, sample_offset: int = 0) -> list[Word]:
+        """Take the word timings of one AudioChunk (a speakstream.v1.AudioChunk); returns them.
+
+        A stream that is one part of a longer text and audio (consecutive
+        calls) gives where its text starts in `text` and how many samples
+        were played before its first one.
+        """
         added = []
+        if chunk.sample_rate_hz:
+            self.sample_rate = chunk.sample_rate_hz
         for timing in chunk.words:
-            span = (timing.text_span.start, timing.text_span.end)
-            word = Word(self.text[span[0]:span[1]], timing.start_sample, timing.end_sample, span)
+            span = (text_offset + timing.text_span.start, text_offset + timing.text_span.end)
+            word = Word(self.text[span[0]:span[1]], sample_offset + timing.start_sample,
+                        sample_offset + timing.end_sample, span)
             self.words.append(word)
             self._starts.append(word.start)
             added.append(word)

@@ -18,7 +18,9 @@ from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.calls import Call, InputError, LiveCalls, TextCalls
+from clients.captions import Captions, write_timestamps
 from clients.channel import ADDRESS_ENV, Connection, add_connection_flags, connection_from_args, open_channel
+from clients.heard import Transcript
 from clients.outputs import RawOutput, SoundFileOutput, WavOutput
 from clients.player import (
     DEFAULT_MAX_PREBUFFER_MS,
@@ -82,13 +84,29 @@ live:
   --max-chars-per-call, a call ends at the next sentence end and the input
   goes on in a new call, without a gap.
 
+words:
+  playing asks the server for word timings, so that after Ctrl-C {_PROG}
+  prints what was heard ("heard: ..." on standard error). --captions prints
+  each word on standard output, one a line, when the sound card plays its
+  first sample: it needs playback (not -o or --raw alone). --timestamps FILE
+  writes every word as JSON once the text is spoken (interrupted: the words
+  received so far):
+    [{{"word": "Hello", "start": 0.0, "end": 0.29, "start_sample": 0,
+      "end_sample": 6400, "text_start": 0, "text_end": 5}}, ...]
+  start and end in seconds, start_sample and end_sample at the audio's rate,
+  counted in the whole audio (the silence between calls included);
+  text_start and text_end: the word's code points in the whole text (--live:
+  all of standard input).
+    {_PROG} --captions "Hello there. How are you?"
+
 server:
   --server defaults to ${ADDRESS_ENV} when it is set; --list-voices shows
   the server's voices (names for --voice, speakers for --speaker).
 
 exit codes:
   {EXIT_OK}    done
-  {EXIT_LOCAL_IO}    cannot read --file (or --live's standard input) or write the output file
+  {EXIT_LOCAL_IO}    cannot read --file (or --live's standard input), or write the output
+       file or the --timestamps file
   {EXIT_USAGE}    bad arguments, a text that cannot be sent, or the server refused the
        request (INVALID_ARGUMENT, NOT_FOUND: unknown voice or speaker, a knob
        out of range, --rate outside 8000-48000)
@@ -96,8 +114,8 @@ exit codes:
        RESOURCE_EXHAUSTED, INTERNAL, ...)
   {EXIT_NO_AUDIO}    no audio output: PyAudio missing, no device, --device not found,
        or the device failed (write a file with -o instead)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call was cancelled, playback stopped; a -o
-       file holds the audio up to there
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call was cancelled, playback stopped (what was
+       heard is printed); a -o file holds the audio up to there
   {EXIT_BROKEN_PIPE}  --raw: the reading end of the pipe closed early
 """
 
@@ -165,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audio to buffer before playing (default %(default)s)")
     out.add_argument("--max-prebuffer-ms", type=float, default=DEFAULT_MAX_PREBUFFER_MS,
                      help="the prebuffer doubles on each underrun up to this (default %(default)s)")
+    words = p.add_argument_group("words")
+    words.add_argument("--captions", action="store_true",
+                       help="print each word on standard output when the sound card plays it (needs playback)")
+    words.add_argument("--timestamps", metavar="FILE",
+                       help="write every word's start and end to FILE as JSON (see words below)")
     rep = p.add_argument_group("reporting")
     rep.add_argument("--stats", action="store_true", help="print timing and buffer statistics at the end")
     rep.add_argument("--stats-json", action="store_true",
@@ -196,6 +219,8 @@ class SayOptions:
     timeout: float
     max_chars_per_call: int
     connection: Connection
+    captions: bool = False
+    timestamps_path: Optional[str] = None
 
 
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SayOptions:
@@ -221,11 +246,18 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error("--live reads standard input: give no text argument and no --file")
     if args.live and args.progress:
         parser.error("--progress needs the text's length, unknown with --live")
+    if args.captions and args.raw:
+        parser.error("--captions prints on standard output, which --raw fills with audio; "
+                     "use --timestamps FILE")
+    if args.captions and not play:
+        parser.error("--captions prints each word when the sound card plays it: it needs playback "
+                     "(drop -o, or add --play); --timestamps FILE writes the words of a file")
     return SayOptions(play=play, output_path=args.output, output_format=_FILE_FORMATS[encoding], raw=args.raw,
                       player=player, progress=args.progress, stats=args.stats, stats_json=args.stats_json,
                       verbose=args.verbose, server=args.server, timeout=args.timeout,
                       max_chars_per_call=args.max_chars_per_call,
-                      connection=connection_from_args(args, parser))
+                      connection=connection_from_args(args, parser),
+                      captions=args.captions, timestamps_path=args.timestamps)
 
 
 def file_encoding(encoding: Optional[str], output: Optional[str], parser: argparse.ArgumentParser) -> str:
@@ -320,9 +352,12 @@ class _Placed:
 
 def speak(stub, request: pb.SynthesizeRequest, text: str, outputs: list, *, timeout: float,
           max_chars_per_call: int, progress: Optional[Progress] = None,
-          player: Optional[Player] = None) -> SayResult:
+          player: Optional[Player] = None, transcript: Optional[Transcript] = None,
+          captions: Optional[Captions] = None) -> SayResult:
     """Speak `text` through SynthesizeStream calls of at most `max_chars_per_call`
     characters into `outputs` (the player first, if any); play to the end.
+    The calls' word timings (if the request asks for them) go into
+    `transcript`, placed in the whole text and audio; `captions` hears of them.
 
     :raises grpc.RpcError: a call failed; the outputs are aborted.
     :raises KeyboardInterrupt: the calls are cancelled first.
@@ -334,23 +369,26 @@ def speak(stub, request: pb.SynthesizeRequest, text: str, outputs: list, *, time
         return stub.SynthesizeStream(piece_request, timeout=timeout)
 
     calls = TextCalls(start_call, text, split_text(text, max_chars_per_call))
-    return receive(calls, outputs, progress=progress, player=player)
+    return receive(calls, outputs, progress=progress, player=player, transcript=transcript, captions=captions)
 
 
 def speak_live(stub, config: pb.SynthesizeRequest, stream: BinaryIO, outputs: list, *, timeout: float,
-               max_chars_per_call: int, player: Optional[Player] = None) -> SayResult:
-    """Speak `stream` (standard input) as it arrives through SynthesizeLive calls; as `speak`."""
+               max_chars_per_call: int, player: Optional[Player] = None, transcript: Optional[Transcript] = None,
+               captions: Optional[Captions] = None) -> SayResult:
+    """Speak `stream` (standard input) as it arrives through SynthesizeLive calls; as `speak`
+    (the transcript's text is all the input sent)."""
     calls = LiveCalls(lambda requests: stub.SynthesizeLive(requests, timeout=timeout),
                       pb.LiveRequest(config=pb.LiveConfig(settings=config)), stream, max_chars_per_call)
     calls.start()
-    return receive(calls, outputs, player=player)
+    return receive(calls, outputs, player=player, transcript=transcript, captions=captions)
 
 
 def receive(calls: Union[TextCalls, LiveCalls], outputs: list, *, progress: Optional[Progress] = None,
-            player: Optional[Player] = None) -> SayResult:
+            player: Optional[Player] = None, transcript: Optional[Transcript] = None,
+            captions: Optional[Captions] = None) -> SayResult:
     """Play / write the chunks of each call in turn, with sentence silence between
     calls cut at a sentence end; as `speak`."""
-    receiver = _Receiver(outputs, progress, player)
+    receiver = _Receiver(outputs, progress, player, transcript, captions)
     try:
         while True:
             receiver.wait_for_the_player()
@@ -370,8 +408,10 @@ class _Receiver:
     """Writes the calls' chunks one after the other as one stream: sample offsets,
     sentence indices and text offsets carried across calls."""
 
-    def __init__(self, outputs: list, progress: Optional[Progress], player: Optional[Player]):
+    def __init__(self, outputs: list, progress: Optional[Progress], player: Optional[Player],
+                 transcript: Optional[Transcript] = None, captions: Optional[Captions] = None):
         self._outputs, self._progress, self._player = outputs, progress, player
+        self._transcript, self._captions = transcript, captions
         self._sinks = ([player] if player is not None else []) + outputs
         self.result = SayResult(started_at=time.monotonic(), cpu_started_s=time.process_time())
         self._sentence_base = 0  # sentences of the calls before
@@ -382,7 +422,7 @@ class _Receiver:
         self.result.calls += 1
         last_index = None
         for chunk in call.responses:
-            self._write_chunk(call, chunk)
+            self._write_chunk(call, chunk, calls)
             last_index = chunk.sentence_index
             if not self._player_is_ahead():
                 calls.prefetch(call, chunk)
@@ -391,7 +431,7 @@ class _Receiver:
             self._sentence_base += last_index + 1 if call.ends_sentence else last_index
             self._silence_due = call.ends_sentence
 
-    def _write_chunk(self, call: Call, chunk) -> None:
+    def _write_chunk(self, call: Call, chunk, calls: Union[TextCalls, LiveCalls]) -> None:
         result = self.result
         if result.first_chunk_at is None:
             result.first_chunk_at = time.monotonic()
@@ -402,6 +442,8 @@ class _Receiver:
             # The server ends a call's audio without the silence it puts after a sentence.
             self._write(bytes(2 * round(SENTENCE_SILENCE_S * result.sample_rate)))
             self._silence_due = False
+        if chunk.words and self._transcript is not None:
+            self._add_words(call, chunk, calls.text)  # before the audio: captions wait for the words
         offset = result.samples
         self._write(chunk.audio)
         result.chunks += 1
@@ -410,6 +452,14 @@ class _Receiver:
             self._progress.update(_Placed(offset, chunk.num_samples, self._sentence_base + chunk.sentence_index,
                                           _Span(call.text_start + chunk.text_span.end), chunk.final and call.last))
             self._progress.show(self._player.frames_played() if self._player is not None else None)
+
+    def _add_words(self, call: Call, chunk, text: str) -> None:
+        """The chunk's words, placed in the whole text and in the whole audio written so far."""
+        self._transcript.text = text
+        self._transcript.add(chunk, text_offset=call.text_start,
+                             sample_offset=self.result.samples - chunk.sample_offset)
+        if self._captions is not None:
+            self._captions.update()
 
     def _write(self, pcm: bytes) -> None:
         for sink in self._sinks:
@@ -424,6 +474,8 @@ class _Receiver:
         if player is not None and result.first_chunk_at is not None:
             on_wait = (lambda: progress.show(player.frames_played())) if progress is not None else None
             result.playback = player.finish(on_wait)
+        if self._captions is not None:
+            self._captions.finish()
         result.finished_at = time.monotonic()
         result.cpu_s = time.process_time() - result.cpu_started_s
         return result
@@ -535,7 +587,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[str]) -> int:
-    """Speak `text`, or standard input as it arrives (--live) when it is None."""
+    """Speak `text`, or standard input as it arrives (--live) when it is None; write --timestamps."""
+    # Word timings: to print what was heard after Ctrl-C, for --captions and --timestamps.
+    transcript = Transcript(text or "") if options.play or options.timestamps_path else None
+    if transcript is not None:
+        request.timestamps = pb.TIMESTAMPS_WORDS
+    try:
+        # Opened first, so an unwritable path costs no synthesis.
+        timestamps = open(options.timestamps_path, "w", encoding="utf-8") if options.timestamps_path else None
+    except OSError as exc:
+        return _fail(f"cannot write {options.timestamps_path}: {exc.strerror or exc}", EXIT_LOCAL_IO)
+    try:
+        code, result = _speak(options, request, text, transcript)
+    finally:  # also when interrupted or failed: the words received so far
+        written = timestamps is None or _write_timestamps(timestamps, transcript)
+    if code != EXIT_OK:
+        return code
+    if not written:
+        return EXIT_LOCAL_IO
+    _report(options, result, transcript)
+    return EXIT_OK
+
+
+def _write_timestamps(file, transcript: Transcript) -> bool:
+    """Write and close the --timestamps file; False (said on stderr) if that failed."""
+    try:
+        with file:
+            write_timestamps(file, transcript)
+        return True
+    except OSError as exc:
+        _fail(f"cannot write {file.name}: {exc.strerror or exc}", EXIT_LOCAL_IO)
+        return False
+
+
+def _speak(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[str],
+           transcript: Optional[Transcript]) -> tuple[int, Optional[SayResult]]:
+    """The calls, the outputs and the player; the exit code, and what the calls delivered if they succeeded."""
     file_output = None
     if options.output_path:
         file_output = (SoundFileOutput(options.output_path, options.output_format) if options.output_format
@@ -556,39 +643,48 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[str]
         sys.setswitchinterval(0.001)
     try:
         with contextlib.ExitStack() as stack:
+            captions = None
             if player is not None:
                 # The device is checked before the call, so a missing one costs no synthesis.
                 stack.enter_context(player)
                 if options.verbose:
                     stack.callback(lambda: sys.stderr.write(player.device_log))
+                if options.captions:
+                    captions = Captions(transcript, player, sys.stdout, _silence_stdout)
+                    stack.callback(captions.stop)
             channel = stack.enter_context(open_channel(options.connection))
             stub = pb_grpc.SynthesizerStub(channel)
             if options.output_format is not None and options.output_format[0] == "OGG":
                 request.sample_rate_hz = _opus_rate(stub, request, options.timeout)
+            words = {"transcript": transcript, "captions": captions}
             if text is None:
                 result = speak_live(stub, request, sys.stdin.buffer, outputs, timeout=options.timeout,
-                                    max_chars_per_call=options.max_chars_per_call, player=player)
+                                    max_chars_per_call=options.max_chars_per_call, player=player, **words)
             else:
                 result = speak(stub, request, text, outputs, timeout=options.timeout,
-                               max_chars_per_call=options.max_chars_per_call, progress=progress, player=player)
+                               max_chars_per_call=options.max_chars_per_call, progress=progress, player=player,
+                               **words)
     except grpc.RpcError as exc:
-        return _fail_after(progress, _rpc_message(exc, options), _rpc_exit_code(exc))
+        return _fail_after(progress, _rpc_message(exc, options), _rpc_exit_code(exc)), None
     except AudioUnavailable as exc:
-        return _fail_after(progress, f"{exc}; to write a file instead, use -o out.wav", EXIT_NO_AUDIO)
+        return _fail_after(progress, f"{exc}; to write a file instead, use -o out.wav", EXIT_NO_AUDIO), None
     except KeyboardInterrupt:
-        return _fail_after(progress, _interrupted_message(player, file_output), EXIT_INTERRUPTED)
+        code = _fail_after(progress, _interrupted_message(player, file_output), EXIT_INTERRUPTED)
+        if player is not None:
+            # The player has stopped: what its device played until then.
+            print(f"heard: {transcript.heard(player.frames_heard()) or '(nothing)'}", file=sys.stderr)
+        return code, None
     except InputError as exc:
-        return _fail_after(progress, str(exc), EXIT_LOCAL_IO)
+        return _fail_after(progress, str(exc), EXIT_LOCAL_IO), None
     except BrokenPipeError:
         _silence_stdout()
-        return EXIT_BROKEN_PIPE
+        return EXIT_BROKEN_PIPE, None
     except OSError as exc:
         return _fail_after(progress, f"cannot write {exc.filename or 'the output'}: "
-                           f"{exc.strerror or exc}", EXIT_LOCAL_IO)
+                           f"{exc.strerror or exc}", EXIT_LOCAL_IO), None
     if progress is not None:
         progress.close()
-    _report(options, result)
-    return EXIT_OK
+    return EXIT_OK, result
 
 
 def _opus_rate(stub, request: pb.SynthesizeRequest, timeout: float) -> int:
@@ -614,10 +710,12 @@ def _interrupted_message(player: Optional[Player], file_output) -> str:
     return "; ".join(parts)
 
 
-def _report(options: SayOptions, result: SayResult) -> None:
+def _report(options: SayOptions, result: SayResult, transcript: Optional[Transcript]) -> None:
     stats = stats_dict(result)
     if options.output_path:
         print(f"wrote {options.output_path}: {result.samples} samples ({result.audio_s:.2f} s)", file=sys.stderr)
+    if options.timestamps_path:
+        print(f"wrote {options.timestamps_path}: {len(transcript.words)} words", file=sys.stderr)
     if options.stats:
         print(format_stats(stats), file=sys.stderr)
     elif result.playback is not None and result.playback.underruns:
