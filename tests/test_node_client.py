@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import wave
 
@@ -43,3 +44,20 @@ async def test_node_and_python_clients_write_wavs_of_equal_length(app, tmp_path)
     assert 3.0 < node_frames / 22050 < 9.0
     # The noise scales reached the server as zeros (not as "unset"): same settings, same audio.
     assert node_pcm == python_pcm
+
+
+async def test_node_words_are_the_timestamps_speakstream_say_writes(app, tmp_path):
+    node_modules()
+    words_file = tmp_path / "words.json"
+    node = await run([command("node"), str(NODE_DIR / "say.js"), "--server", app.address, *_DETERMINISTIC, "--words",
+                      "-o", str(tmp_path / "node.wav"), _TEXT])
+    assert node.code == 0, node.explain()
+    python = await run([sys.executable, "-m", "clients.say", "--server", app.address, *_DETERMINISTIC,
+                        "-o", str(tmp_path / "python.wav"), "--timestamps", str(words_file), _TEXT], cwd=REPO)
+    assert python.code == 0, python.explain()
+    expected = json.loads(words_file.read_text(encoding="utf-8"))
+    printed = [line.split("\t") for line in node.out.splitlines()]
+    assert [word for _, _, word in printed] == [w["word"] for w in expected]
+    assert len(expected) == 17
+    for (start, end, _), w in zip(printed, expected):  # seconds to 3 decimals
+        assert abs(float(start) - w["start"]) <= 0.0005 + 1e-9 and abs(float(end) - w["end"]) <= 0.0005 + 1e-9

@@ -4,6 +4,7 @@
 // .proto files in protos/ (no generated code), with @grpc/grpc-js.
 //
 //   node say.js --server 127.0.0.1:50051 --noise-scale 0 --noise-w 0 -o out.wav "Hello there."
+//   node say.js --words -o out.wav "Hello there."   # and each word's start and end, as they arrive
 //
 // Exit codes (the same as speakstream-say): 0 done, 2 bad request or usage
 // (INVALID_ARGUMENT, NOT_FOUND), 3 server unreachable or failed, 130 interrupted.
@@ -25,11 +26,13 @@ const WAV_HEADER_BYTES = 44;
 const BYTES_PER_SAMPLE = 2; // LINEAR16
 
 const USAGE = `usage: say.js [--server HOST:PORT] [--voice NAME] [--speaker N] [--speed X]
-              [--noise-scale X] [--noise-w X] [--timeout SECONDS] -o OUT.wav [TEXT]
+              [--noise-scale X] [--noise-w X] [--timeout SECONDS] [--words] -o OUT.wav [TEXT]
        say.js [--server HOST:PORT] --list-voices
 
 Speaks TEXT (default: standard input) with a speakstream server and writes a
-16-bit mono WAV file. --server defaults to $SPEAKSTREAM_ADDRESS or 127.0.0.1:50051.`;
+16-bit mono WAV file. --server defaults to $SPEAKSTREAM_ADDRESS or 127.0.0.1:50051.
+--words asks for word timestamps and prints each word as its chunk arrives:
+its start and end in seconds of the audio, a tab, the word (one a line).`;
 
 /** A usage error: exit code 2 with a message. */
 class UsageError extends Error {}
@@ -46,7 +49,7 @@ function loadSynthesizer() {
   return grpc.loadPackageDefinition(definition).speakstream.v1.Synthesizer;
 }
 
-/** Parsed command line: {server, request, output, timeoutS, listVoices}. */
+/** Parsed command line: {server, request, output, timeoutS, listVoices, words}. */
 function parseCommandLine(argv) {
   let parsed;
   try {
@@ -62,6 +65,7 @@ function parseCommandLine(argv) {
         'noise-w': { type: 'string' },
         timeout: { type: 'string', default: '300' },
         output: { type: 'string', short: 'o' },
+        words: { type: 'boolean', default: false },
         'list-voices': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -74,6 +78,7 @@ function parseCommandLine(argv) {
   if (positionals.length > 1) throw new UsageError('give the text as one argument (quote it) or on standard input');
   if (!values['list-voices'] && !values.output) throw new UsageError('-o/--output OUT.wav is required');
   const request = { text: positionals[0], voice: values.voice, encoding: 'AUDIO_ENCODING_LINEAR16' };
+  if (values.words) request.timestamps = 'TIMESTAMPS_WORDS';
   // Optional fields are sent only when given, so the server's defaults apply otherwise.
   for (const [flag, field, parse] of [
     ['speaker', 'speakerId', parseInteger],
@@ -89,6 +94,7 @@ function parseCommandLine(argv) {
     output: values.output,
     timeoutS: parseNumber('timeout', values.timeout),
     listVoices: values['list-voices'],
+    words: values.words,
   };
 }
 
@@ -124,11 +130,36 @@ function wavHeader(sampleRate, dataBytes) {
 }
 
 /**
+ * The words of `chunk` (AudioChunk.words, with timestamps asked for) as
+ * {word, start, end, startSample, endSample, textStart, textEnd}: seconds at the
+ * chunk's rate, and the word's text from `codePoints` (the request text split
+ * into code points, which spans count: a JavaScript string counts UTF-16 units).
+ */
+function chunkWords(chunk, codePoints) {
+  return chunk.words.map((w) => ({
+    word: codePoints.slice(w.textSpan.start, w.textSpan.end).join(''),
+    start: w.startSample / chunk.sampleRateHz,
+    end: w.endSample / chunk.sampleRateHz,
+    startSample: w.startSample,
+    endSample: w.endSample,
+    textStart: w.textSpan.start,
+    textEnd: w.textSpan.end,
+  }));
+}
+
+/** One line of --words: start and end in seconds, a tab, the word. */
+function formatWord({ word, start, end }) {
+  return `${start.toFixed(3)}\t${end.toFixed(3)}\t${word}`;
+}
+
+/**
  * Stream `request` from the server at `server` into the WAV file `output`.
  * The file is created with the first chunk and its header completed at the end;
- * a failed call removes it. Resolves to {samples, sampleRate, chunks}.
+ * a failed call removes it. `onWord`, if given, gets each word (chunkWords) as
+ * its chunk arrives (ask for them with request.timestamps). Resolves to
+ * {samples, sampleRate, chunks}.
  */
-function synthesizeToWav({ server, request, output, timeoutS }, Synthesizer = loadSynthesizer()) {
+function synthesizeToWav({ server, request, output, timeoutS, onWord }, Synthesizer = loadSynthesizer()) {
   const client = new Synthesizer(server, grpc.credentials.createInsecure());
   const deadline = new Date(Date.now() + timeoutS * 1000);
   return new Promise((resolve, reject) => {
@@ -139,6 +170,7 @@ function synthesizeToWav({ server, request, output, timeoutS }, Synthesizer = lo
     let sampleRate = 0;
     let samples = 0;
     let chunks = 0;
+    const codePoints = onWord ? Array.from(request.text) : [];
     const call = client.SynthesizeStream(request, { deadline });
     const fail = (err) => {
       if (settled) return;
@@ -175,6 +207,7 @@ function synthesizeToWav({ server, request, output, timeoutS }, Synthesizer = lo
         fs.writeSync(fd, chunk.audio);
         samples += chunk.numSamples;
         chunks += 1;
+        if (onWord) chunkWords(chunk, codePoints).forEach(onWord);
       } catch (err) {
         fail(err);
         call.cancel();
@@ -245,6 +278,7 @@ async function main(argv) {
       return 0;
     }
     if (options.request.text === undefined) options.request.text = fs.readFileSync(0, 'utf8');
+    if (options.words) options.onWord = (word) => process.stdout.write(`${formatWord(word)}\n`);
     const { samples, sampleRate } = await synthesizeToWav(options);
     process.stderr.write(`wrote ${options.output}: ${samples} samples at ${sampleRate} Hz\n`);
     return 0;
@@ -255,7 +289,10 @@ async function main(argv) {
   }
 }
 
-module.exports = { loadSynthesizer, parseCommandLine, synthesizeToWav, listVoices, wavHeader, describeError, UsageError };
+module.exports = {
+  loadSynthesizer, parseCommandLine, synthesizeToWav, chunkWords, formatWord, listVoices, wavHeader, describeError,
+  UsageError,
+};
 
 if (require.main === module) {
   process.on('SIGINT', () => process.exit(EXIT_INTERRUPTED));

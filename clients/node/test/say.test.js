@@ -9,7 +9,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { after, before, describe, test } = require('node:test');
-const { listVoices, parseCommandLine, wavHeader, UsageError } = require('../say.js');
+const { chunkWords, formatWord, listVoices, parseCommandLine, wavHeader, UsageError } = require('../say.js');
 
 const SERVER = process.env.SPEAKSTREAM_ADDRESS || '127.0.0.1:50051';
 const SAY = path.resolve(__dirname, '..', 'say.js');
@@ -69,6 +69,20 @@ describe('command line', () => {
     assert.throws(() => parseCommandLine(['--bogus', '-o', 'x.wav']), UsageError);
   });
 
+  test('--words asks for word timestamps', () => {
+    assert.equal(parseCommandLine(['--words', '-o', 'x.wav', 'hi']).request.timestamps, 'TIMESTAMPS_WORDS');
+    assert.equal(parseCommandLine(['-o', 'x.wav', 'hi']).request.timestamps, undefined);
+  });
+
+  test('a word is cut from the text by code points, its samples read at the chunk\'s rate', () => {
+    const timing = { textSpan: { start: 2, end: 7 }, startSample: 16000, endSample: 24000 };
+    const chunk = { sampleRateHz: 16000, words: [timing] };
+    const [word] = chunkWords(chunk, Array.from('🙂 Hello'));  // the emoji is two UTF-16 units, one code point
+    assert.deepEqual(word, { word: 'Hello', start: 1, end: 1.5, startSample: 16000, endSample: 24000, textStart: 2,
+      textEnd: 7 });
+    assert.equal(formatWord(word), '1.000\t1.500\tHello');
+  });
+
   test('the WAV header describes 16-bit mono PCM', () => {
     const header = wavHeader(22050, 1000);
     assert.equal(header.length, 44);
@@ -109,6 +123,25 @@ describe(`against the server at ${SERVER}`, () => {
     const seconds = wav.dataBytes / 2 / 22050;
     assert.ok(seconds > 1.0 && seconds < 3.5, `${seconds} s of audio`);
     assert.match(stderr, new RegExp(`${wav.dataBytes / 2} samples`));
+  });
+
+  test('--words prints each word with its start and end seconds', async () => {
+    const out = tempFile('words.wav');
+    const text = '🙂 Hello there. How are you?';
+    const { code, stdout, stderr } = await say(['--server', SERVER, '--noise-scale', '0', '--noise-w', '0', '--words',
+      '-o', out, text]);
+    assert.equal(code, 0, stderr);
+    const words = stdout.trimEnd().split('\n').map((line) => {
+      const [start, end, word] = line.split('\t');
+      return { start: Number(start), end: Number(end), word };
+    });
+    // Cut by code points: after the emoji, a JavaScript string's offsets would be one off.
+    assert.deepEqual(words.slice(-5).map((w) => w.word), ['Hello', 'there', 'How', 'are', 'you']);
+    const seconds = readWav(out).dataBytes / 2 / 22050;
+    for (const [i, w] of words.entries()) {
+      assert.ok(w.start < w.end && w.end <= seconds, `${w.word}: ${w.start}-${w.end} of ${seconds} s`);
+      if (i > 0) assert.ok(words[i - 1].end <= w.start, `${w.word} starts before ${words[i - 1].word} ends`);
+    }
   });
 
   test('reads the text from standard input', async () => {
