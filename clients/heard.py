@@ -10,7 +10,10 @@ and ask it with the number of samples the sound card has played:
         transcript.add(chunk)
         play(chunk.audio)
     ...  # the user barges in
-    said = transcript.heard(player.frames_played())
+    said = transcript.heard(player.frames_heard())
+
+(clients.player.Player.frames_heard counts what the device has played, not
+what it was given: its buffers hold ~20-130 ms more.)
 
 Samples count from the start of the stream at its sample rate, as
 AudioChunk.words does (docs/API.md, Timestamps). speakstream-say uses it
