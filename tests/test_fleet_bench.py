@@ -22,9 +22,12 @@ def test_one_server_direct_and_through_nginx(monkeypatch):
         assert path["calls"] == sum(r["calls"] for r in path["rounds"]) >= 2 * fleet_bench.CONCURRENCY * 2
         assert path["light"]["calls"] == 80
         assert path["audio_s_per_s"] > 0 and path["servers_cpu_s_per_audio_s"] > 0
-    # Every call of an nginx round went through nginx (its access log), no call of a direct round did.
+    # No call of a direct round went through nginx (its access log has a line per call), those of an nginx
+    # round did: nginx writes a call's line as it finishes it, so the lines of the calls that end a round
+    # may land just after it is counted, or those that ended the warm-up just inside.
     assert [r["nginx_calls"] for r in direct["rounds"]] == [0, 0]
-    assert [r["nginx_calls"] for r in nginx["rounds"]] == [r["calls"] for r in nginx["rounds"]]
+    for r in nginx["rounds"]:
+        assert abs(r["nginx_calls"] - r["calls"]) <= fleet_bench.CONCURRENCY < r["calls"]
     calls = nginx["calls"]
     assert nginx["nginx_cpu_ms_per_call"] == pytest.approx(1000 * sum(r["nginx_cpu_s"] for r in nginx["rounds"]) / calls)
     assert one["overhead"]["nginx_cpu_ms_per_call"] == nginx["nginx_cpu_ms_per_call"]

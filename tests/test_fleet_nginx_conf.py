@@ -4,13 +4,16 @@ accepts (`nginx -t`), and bad addresses refused in one line naming the flag."""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from deploy.fleet import TEMPLATE, find_nginx, render_nginx_conf
 
+REPO = Path(__file__).resolve().parents[1]
 _BACKENDS = ["10.0.0.11:50051", "10.0.0.12:50051", "speakstream-3.internal:50051"]
 
 
@@ -50,3 +53,24 @@ def test_the_command_prints_the_config_it_renders(tmp_path):
                           "--backend", _BACKENDS[1], "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, check=True)
     assert run.stdout == render_nginx_conf(_BACKENDS[:2], "0.0.0.0:50051", tmp_path, "auto")
+
+
+def _doc_command() -> list[str]:
+    """The `python -m deploy.fleet nginx-conf` command of docs/OPERATIONS.md, its output redirection dropped."""
+    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    [line] = [line for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+              for line in block.splitlines() if line.startswith("python -m deploy.fleet nginx-conf")]
+    return shlex.split(line.split(">")[0])
+
+
+@pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (.ci/system-deps installs Debian's)")
+def test_the_documented_command_makes_a_config_nginx_accepts(tmp_path):
+    args = _doc_command()[3:]
+    args[args.index("--run-dir") + 1] = str(tmp_path)  # the documented /run/... needs root
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(subprocess.run([sys.executable, "-m", "deploy.fleet", *args], capture_output=True, text=True,
+                                   check=True).stdout)
+    assert conf.read_text().count("        server 10.0.0.") == 3
+    test = subprocess.run([find_nginx(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
+                          capture_output=True, text=True, check=False)
+    assert test.returncode == 0, test.stderr
