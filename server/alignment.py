@@ -32,6 +32,7 @@ _SILENT_MARKS = frozenset(".,;:!?¡¿\"'“”‘’()[]{}…—–-/")
 _GAP = 1.0
 _MERGE = 3
 _MERGE_COST = 0.5  # per extra word joined: a merge must match well to beat word-for-word
+_RESYNC = 6  # words looked ahead, on each side, for the next word both sides agree on
 _MISMATCH = 1.2  # two unrelated words side by side: cheaper than leaving both unmatched (2 x _GAP)
 
 
@@ -119,17 +120,44 @@ def _align(spoken: list[str], reference: list[str], labels: list[int]) -> list[l
     """For each spoken word, the tokens it belongs to, each with the fraction of the word
     (from its start) where that token ends.
 
-    An edit-distance alignment of the spoken words to the tokens' own words:
-    equal words cost nothing, unequal ones by how much they differ, a word on
-    one side only costs one; a spoken word may also match up to _MERGE
-    consecutive token words at once (espeak-ng runs "for the" into one word,
-    and "Hello... world" into one with no space at all), and is then shared
-    between them in proportion to their lengths. Unmatched spoken words go
-    with the token before them (the next one at the start).
+    Words the two sides agree on are matched in order; each stretch between
+    two agreements is aligned by edit distance (_align_stretch). Unmatched
+    spoken words go with the token before them (the next one at the start).
     """
-    if not reference:
-        return [[] for _ in spoken]
+    owners: list[Optional[list[tuple[int, float]]]] = [None] * len(spoken)
+    i = j = 0
+    while i < len(spoken) and j < len(reference):
+        if spoken[i] == reference[j]:
+            owners[i] = [(labels[j], 1.0)]
+            i, j = i + 1, j + 1
+            continue
+        di, dj = _next_agreement(spoken, reference, i, j)
+        owners[i:i + di] = _align_stretch(spoken[i:i + di], reference[j:j + dj], labels[j:j + dj])
+        i, j = i + di, j + dj
+    return _fill(owners)
+
+
+def _next_agreement(spoken: list[str], reference: list[str], i: int, j: int) -> tuple[int, int]:
+    """How far (di, dj) to the next word both sides agree on, nearest first; the rest of
+    both when there is none within _RESYNC words."""
+    for distance in range(1, 2 * _RESYNC + 1):
+        for di in range(max(0, distance - _RESYNC), min(distance, _RESYNC) + 1):
+            dj = distance - di
+            if i + di < len(spoken) and j + dj < len(reference) and spoken[i + di] == reference[j + dj]:
+                return di, dj
+    return len(spoken) - i, len(reference) - j
+
+
+def _align_stretch(spoken: list[str], reference: list[str], labels: list[int]) -> list[Optional[list]]:
+    """An edit-distance alignment of a stretch of spoken words to the tokens' own words:
+    equal words cost nothing, unequal ones by how much they differ, a word on one side
+    only costs one; a spoken word may also match up to _MERGE consecutive token words at
+    once (espeak-ng runs "for the" into one word, and "Hello... world" into one with no
+    space at all), and is then shared between them in proportion to their lengths."""
     m, n = len(spoken), len(reference)
+    owners: list[Optional[list[tuple[int, float]]]] = [None] * m
+    if not m or not n:
+        return owners
     cost = [[0.0] * (n + 1) for _ in range(m + 1)]
     step: list[list[tuple[int, int]]] = [[(0, 0)] * (n + 1) for _ in range(m + 1)]
     for i in range(1, m + 1):
@@ -144,14 +172,13 @@ def _align(spoken: list[str], reference: list[str], labels: list[int]) -> list[l
                 options.append((cost[i - 1][j - k] + _difference(spoken[i - 1], joined) + _MERGE_COST * (k - 1),
                                 (1, k)))
             cost[i][j], step[i][j] = min(options, key=lambda option: option[0])
-    owners: list[Optional[list[tuple[int, float]]]] = [None] * m
     i, j = m, n
     while i or j:
         di, dj = step[i][j]
         if di and dj:
             owners[i - 1] = _shares(reference[j - dj:j], labels[j - dj:j])
         i, j = i - di, j - dj
-    return _fill(owners)
+    return owners
 
 
 def _shares(words: list[str], labels: list[int]) -> list[tuple[int, float]]:
