@@ -174,6 +174,9 @@ async def test_the_deadline_reaches_the_server_through_nginx(fleet, nginx):
         outcome = await call(pb_grpc.SynthesizerStub(channel), "SynthesizeStream", "deadline-1", _LONG, timeout_s=1.5)
     assert outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert outcome.ended - outcome.started < 10  # the client's deadline, not nginx's 3600 s timeouts
+    # The client stops at its deadline; the server ends the call a moment later, logging it as it does.
+    for address in fleet.addresses:
+        await wait_stats(address, lambda s: s.requests.in_flight == 0)
     # The server knew the deadline (grpc-timeout passed on): a call cancelled without one counts CANCELLED.
     [where] = fleet.served()["deadline-1"]
     assert where.status == "DEADLINE_EXCEEDED"
@@ -261,9 +264,11 @@ async def test_sigkill_loses_only_the_calls_the_killed_server_had_answered(fleet
     after = [o for o in outcomes if o.started > exited]
     assert len(after) >= _CALLS_AFTER and all(o.code == grpc.StatusCode.OK for o in after)
     _check_streams_whole(outcomes)
-    if path == "nginx":  # nginx tried no lost call anywhere else
+    if path == "nginx":  # nginx tried no lost call anywhere else, and retried the refused ones
         log = _access_log(fleet)
         assert all(log[o.request_id]["upstream"] == fleet.addresses[victim] for o in lost)
+        retried = [o for o in after if log[o.request_id]["upstream"].startswith(fleet.addresses[victim] + ", ")]
+        assert retried and all(log[o.request_id]["grpc-status"] == "0" for o in retried)
 
 
 @pytest.mark.parametrize("path", ["nginx", "round_robin"])
