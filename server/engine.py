@@ -45,10 +45,12 @@ from server.frontend import Segment
 from server.inference import Encoded, Scales
 from server.options import SynthesisOptions
 from server.pool import VoiceSessions
+from server.rate import encode_at_rate
 from server.scheduler import Job
 from server.timings import Timestamps, WordTiming, word_timings
 
 if TYPE_CHECKING:
+    from server.document import Document
     from server.synthesis import Synthesizer
 
 Span = tuple[int, int]
@@ -104,6 +106,8 @@ class SpanRequest:
     """Cut its first segment short and, if nothing is queued before it, count due times from now."""
     ends_sentence: bool = True
     """False for a live call's forced cut: no silence after it, the sentence goes on."""
+    document: Optional[Document] = None
+    """The markup `text` is the spoken text of (SSML, inline phonemes; server/document.py)."""
 
 
 @dataclass
@@ -433,7 +437,9 @@ class CallEngine:
             return work
         options, cache = self._options, self._synth.cache
         if options.deterministic and cache.max_bytes:
-            key = (options.voice.name, segment.ids, options.speaker_id, self._scales(segment).length_scale)
+            own = segment.length_scale  # SSML prosody rate
+            key = (options.voice.name, segment.ids, options.speaker_id,
+                   options.scales.length_scale if own is None else own)
             cached = cache.get(key)
             if cached is not None:
                 audio, durations = cached
@@ -449,12 +455,6 @@ class CallEngine:
         return word_timings(segment.phonemes, segment.words, durations, self._sessions.hop,
                             self._options.voice.config.phoneme_id_map,
                             self._options.timestamps is Timestamps.WORDS_AND_PHONEMES)
-
-    def _scales(self, segment: Segment) -> Scales:
-        """The request's scales, with the segment's own length scale if it has one."""
-        if segment.length_scale is None:
-            return self._options.scales
-        return dataclasses.replace(self._options.scales, length_scale=segment.length_scale)
 
     def _seconds_per_phoneme(self) -> float:
         if self._phonemes_encoded:
@@ -490,12 +490,12 @@ class CallEngine:
 
     def _submit_encode(self, work: _Work) -> None:
         sessions, ids, speaker = self._sessions, work.segment.ids, self._options.speaker_id
-        scales = self._scales(work.segment)
+        scales, length_scale = self._options.scales, work.segment.length_scale
         first = self._windows[0] if work.first_of_turn else self._windows[1]
         largest = self._windows[1]
 
         def run(run_options):
-            return _encode(sessions, ids, scales, speaker, first, largest, run_options)
+            return _encode(sessions, ids, scales, length_scale, speaker, first, largest, run_options)
 
         work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline,
                                                        owner=self._job_owner(work))
@@ -534,12 +534,13 @@ class CallEngine:
         return f"{self._owner}/{context}" if context else self._owner
 
 
-def _encode(sessions: VoiceSessions, ids, scales: Scales, speaker_id: int, first: int, largest: int,
-            run_options) -> tuple[Encoded, list[tuple[int, int]], np.ndarray]:
-    """A segment's encoder job (in a worker thread): encode, plan the windows, and decode the
+def _encode(sessions: VoiceSessions, ids, scales: Scales, length_scale: Optional[float], speaker_id: int,
+            first: int, largest: int, run_options) -> tuple[Encoded, list[tuple[int, int]], np.ndarray]:
+    """A segment's encoder job (in a worker thread): encode (at its own `length_scale`, if it has
+    one, so that its audio's length scales: server/rate.py), plan the windows, and decode the
     first window at once, since it is due as soon as the encoder is done; a voice that runs
     whole has one window, its audio."""
-    encoded = sessions.encode(ids, scales, speaker_id, run_options)
+    encoded = encode_at_rate(lambda at: sessions.encode(ids, at, speaker_id, run_options), scales, length_scale)
     if encoded.audio is not None:
         return encoded, [(0, encoded.frames)], encoded.audio
     plan = plan_windows(encoded.frames, first, largest)
