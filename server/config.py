@@ -141,6 +141,11 @@ class Settings:
                                                  "seconds; 0 = never", range=(0, None))
     """Unload a voice other than the default after this many seconds without a run; 0 = never."""
 
+    lexicon: Optional[Path] = setting(None, "voices", "pronunciation lexicon: one 'word or phrase<TAB>IPA' per "
+                                                      "line, [voice] sections (docs/API.md, Lexicons; default: none)")
+    """The server's lexicon file (server/lexicon.py): looked up before espeak-ng, for every voice or one.
+    Read at start-up: a bad line or an IPA symbol a voice lacks stops the server."""
+
     graph_cache: Path = setting(None, "voices", "folder for the voices' split graphs, made once per model and "
                                                 "named after its sha256 (default: $XDG_CACHE_HOME/speakstream/"
                                                 "graphs, else ~/.cache/speakstream/graphs)", factory=_graph_cache)
@@ -372,6 +377,8 @@ class Settings:
             raise ValueError(f"max_concurrent_rpcs: must exceed pool_size + max_queue "
                              f"({self.pool_size + self.max_queue}) so health and Stats answer under load")
         self._check_security_files()
+        if self.lexicon is not None and not Path(self.lexicon).is_file():
+            raise ValueError(f"lexicon: no such file: {self.lexicon}")
 
     def _check_security_files(self) -> None:
         """Pairs that go together, and files that exist; their contents are checked by server.security."""

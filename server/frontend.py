@@ -22,15 +22,22 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from piper_phonemize import phonemize_espeak
 
 from server.alignment import Word, align, cached_word_phonemes
-from server.voices import VoiceConfig
+from server.lexicon import Lexicon, LexiconFile, find
+from server.pronunciation import Part
+from server.voices import Voice, VoiceConfig
+
+if TYPE_CHECKING:
+    from server.document import Document, Style
 
 _BOS, _EOS, _PAD = "^", "$", "_"
 _CLAUSE_MARKS = frozenset(",;:")
+# Punctuation espeak-ng gives as a phoneme (a pause) after the word before it.
+_PAUSE_MARKS = ",.;:!?"
 
 # A sentence ends after . ! or ? (and any closing quotes or brackets) followed
 # by whitespace, or at a blank line. A "." followed by a lowercase word is an
@@ -249,10 +256,18 @@ def phoneme_ids(phonemes: Sequence[str], id_map) -> tuple[int, ...]:
 class Frontend:
     """Turns request text into a lazy stream of inference segments."""
 
-    def __init__(self, max_phonemes_per_chunk: int = 400, first_chunk_phonemes: int = 60):
-        """:param first_chunk_phonemes: target size of a request's first segment."""
+    def __init__(self, max_phonemes_per_chunk: int = 400, first_chunk_phonemes: int = 60,
+                 lexicon: Optional[LexiconFile] = None):
+        """:param first_chunk_phonemes: target size of a request's first segment.
+        :param lexicon: the server's lexicon file (--lexicon)."""
         self.max_phonemes = max_phonemes_per_chunk
         self.first_phonemes = min(first_chunk_phonemes, max_phonemes_per_chunk)
+        self.lexicon = lexicon
+
+    def lexicons(self, voice: Voice, request: Optional[Lexicon] = None) -> tuple[Lexicon, ...]:
+        """What a request's text is looked up in: its own entries, then the lexicon file's for its voice."""
+        own = self.lexicon.for_voice(voice.name, voice.config.phoneme_id_map) if self.lexicon else None
+        return tuple(lexicon for lexicon in (request, own) if lexicon is not None)
 
     def segments(self, text: str, config: VoiceConfig, length_scale: float = 1.0) -> Iterator[Segment]:
         """Segments of `text` in speaking order; phonemizes one sentence per step.
@@ -269,24 +284,48 @@ class Frontend:
             yield from segments
 
     def span_segments(self, text: str, span: tuple[int, int], index: int, first: bool,
-                      config: VoiceConfig, length_scale: float = 1.0, words: bool = False) -> list[Segment]:
+                      config: VoiceConfig, length_scale: float = 1.0, words: bool = False, *,
+                      document: Optional[Document] = None, lexicons: Sequence[Lexicon] = ()) -> list[Segment]:
         """Segments of one sentence span of `text` (normalized), all with `index`.
 
         :param first: cut the first segment short (first_chunk_phonemes), as
             for a request's first sentence; empty when the span has no phonemes.
         :param words: find which words each phoneme speaks (server/alignment.py), for timestamps.
+        :param document: the markup `text` is the spoken text of (server/document.py): its parts,
+            breaks and styles apply, and spans are mapped back to the request's characters.
+        :param lexicons: looked up in the text espeak-ng would read, the first ones first.
         """
-        phonemes = sentence_phonemes(text[span[0]:span[1]], config.espeak_voice)
-        if not phonemes:
-            return []
+        if document is not None and span[0] == span[1]:
+            return self._break(document, span, index)
+        style = document.style_at(span[0]) if document is not None else None
+        if style is not None:
+            length_scale /= max(style.speed, 1e-3)
+        parts = _parts(text, span, document, lexicons)
         limits = self._limits(length_scale)
         first_limit = limits[0] if first else limits[1]
+        if parts:
+            phonemes, found = _marked_phonemes(text, span, parts, config, words)
+        else:
+            phonemes = sentence_phonemes(text[span[0]:span[1]], config.espeak_voice)
+            found = None
+        if not phonemes:
+            return []
         segments = list(self._cut(phonemes, text, span, index, (first_limit, limits[1]), config))
         if words:
-            voice = config.espeak_voice
-            found = align(text, span, phonemes, lambda word: cached_word_phonemes(word, voice, phonemize))
+            if found is None:
+                voice = config.espeak_voice
+                found = align(text, span, phonemes, lambda word: cached_word_phonemes(word, voice, phonemize))
             segments = _with_words(segments, found)
+        if document is not None:
+            segments = [_placed(s, document, style, length_scale) for s in segments]
         return segments
+
+    @staticmethod
+    def _break(document: Document, span: tuple[int, int], index: int) -> list[Segment]:
+        """A break's segment: its silence, an empty span where its tag is."""
+        silence = document.breaks[span[0]].seconds
+        return [Segment(ids=(), phonemes="", span=document.request_span(span), sentence_index=index,
+                        ends_sentence=False, silence_s=silence)]
 
     def _limits(self, length_scale: float) -> tuple[int, int]:
         scale = max(length_scale, 1e-3)
@@ -303,6 +342,100 @@ class Frontend:
                 sentence_index=index,
                 ends_sentence=n == len(pieces) - 1,
             )
+
+
+def _marked_phonemes(text: str, span: tuple[int, int], parts: list[Part], config: VoiceConfig,
+                     words: bool) -> tuple[list[str], list[Word]]:
+    """The phonemes of a span with parts: espeak-ng's for the text between them, the parts' own
+    (given, or spelled a character at a time), joined as Piper joins [[ ]] blocks (a space where
+    the text has whitespace); with `words`, the words they speak, a part being one word."""
+    phonemes: list[str] = []
+    found: list[Word] = []
+    cursor = span[0]
+    for part in parts:
+        _add_run(text, (cursor, part.start), phonemes, found, config, words)
+        _space_at(text, part.start, phonemes)
+        first = len(phonemes)
+        phonemes.extend(part.phonemes or _spelled(part.spell, config.espeak_voice))
+        spoken = tuple(i for i in range(first, len(phonemes)) if phonemes[i] != " ")
+        if words and spoken:
+            found.append(Word((part.start, part.end), spoken, len(spoken)))
+        cursor = part.end
+    _add_run(text, (cursor, span[1]), phonemes, found, config, words)
+    return phonemes, found
+
+
+def _parts(text: str, span: tuple[int, int], document: Optional[Document],
+           lexicons: Sequence[Lexicon]) -> list[Part]:
+    """The document's parts within the span and, between them, the lexicons' entries found."""
+    given = document.parts_in(*span) if document is not None else []
+    if not lexicons:
+        return given
+    parts, cursor = [], span[0]
+    for part in given:
+        parts.extend(Part(hit.start, hit.end, hit.phonemes) for hit in find(text, cursor, part.start, lexicons))
+        parts.append(part)
+        cursor = part.end
+    parts.extend(Part(hit.start, hit.end, hit.phonemes) for hit in find(text, cursor, span[1], lexicons))
+    return parts
+
+
+def _add_run(text: str, run: tuple[int, int], phonemes: list[str], found: list[Word], config: VoiceConfig,
+             words: bool) -> None:
+    """Append espeak-ng's phonemes of the text between parts (and its words). Its leading
+    punctuation is the pause after what came before (espeak-ng drops it at the start of a text,
+    and reads a lone "!" as "exclamation")."""
+    start, end = run
+    lead = start
+    while lead < end and (text[lead].isspace() or unicodedata.category(text[lead]).startswith("P")):
+        lead += 1
+    mark = next((c for c in text[start:lead] if c in _PAUSE_MARKS and c in config.phoneme_id_map), None)
+    if mark is not None and phonemes:
+        phonemes.append(mark)
+        if found:  # the pause goes with the word before it, as alignment gives it
+            found[-1] = Word(found[-1].span, (*found[-1].phonemes, len(phonemes) - 1), found[-1].sounds)
+    own = sentence_phonemes(text[lead:end], config.espeak_voice) if lead < end else []
+    if not own:
+        return
+    _space_at(text, lead, phonemes)
+    offset = len(phonemes)
+    phonemes.extend(own)
+    if words:
+        voice = config.espeak_voice
+        for word in align(text, (lead, end), own, lambda w: cached_word_phonemes(w, voice, phonemize)):
+            found.append(Word(word.span, tuple(i + offset for i in word.phonemes), word.sounds))
+
+
+def _space_at(text: str, position: int, phonemes: list[str]) -> None:
+    """A word separator before what starts at `position` when the text has whitespace there."""
+    if phonemes and phonemes[-1] != " " and (text[position - 1].isspace()
+                                             or (position < len(text) and text[position].isspace())):
+        phonemes.append(" ")
+
+
+def _spelled(groups: tuple[str, ...], voice: str) -> list[str]:
+    """Characters read one at a time, a space between them, a pause between groups."""
+    out: list[str] = []
+    for group in groups:
+        if out:
+            out.extend(", ")
+        letters = [cached_word_phonemes(char, voice, phonemize) for char in group]
+        out.extend(" ".join(p for p in letters if p))
+    return out
+
+
+def _placed(segment: Segment, document: Document, style: Style, length_scale: float) -> Segment:
+    """A segment of a document's spoken text with the request's spans and the span's style."""
+    words: list[Word] = []
+    for word in segment.words:
+        span = document.request_span(word.span)
+        if words and words[-1].span == span:  # the words of one alias or say-as: one word of the request
+            last = words[-1]
+            words[-1] = Word(span, last.phonemes + word.phonemes, len(last.phonemes) + word.sounds)
+        else:
+            words.append(Word(span, word.phonemes, word.sounds))
+    return dataclasses.replace(segment, span=document.request_span(segment.span), words=tuple(words),
+                               length_scale=length_scale if style.speed != 1.0 else None, gain=style.gain)
 
 
 def _with_words(segments: list[Segment], words: list[Word]) -> list[Segment]:

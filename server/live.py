@@ -117,6 +117,24 @@ class LiveSegmenter:
         span = self._cut(len(self._text))
         return span
 
+    def cut(self, sentence: bool) -> Optional[Span]:
+        """Everything pending as one span, where markup ends one (server/document.py): a sentence
+        end when `sentence` (`</s>`) or when the pending text ends like one ("Hello." before a
+        break); otherwise a cut like the timer's (is_forced: no silence, the sentence goes on)."""
+        end = len(self._text)
+        ends = sentence or self._ends_like_sentence()
+        span = self._cut(end)
+        if span is not None and not ends:
+            self._forced.add(end)
+        return span
+
+    def _ends_like_sentence(self) -> bool:
+        """Whether pending text ends with a sentence end, were whitespace and more text to follow."""
+        text = self._text if self._text[-1:].isspace() else self._text + " "
+        match = _SENTENCE_END.search(text, self._scan)
+        return (match is not None and match.end() == len(text)
+                and (match.group("ws") is None or is_sentence_end(match, self._start)))
+
     def clear(self) -> None:
         """Drop the pending text; its offsets stay counted, a new region starts."""
         self._cut(len(self._text))

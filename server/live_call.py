@@ -15,6 +15,14 @@ were opened:
   flush speaks what is pending and ends it, its clear cancels it (pending
   text, queued and running inference) and ends it; either way its last
   chunk says context_end, and the contexts after it are untouched.
+
+With markup (SSML, or plain text's [[ phonemes ]]; `markup`), each
+context's pieces go through a reader into the context's document
+(server/document.py) first, which may hold a piece back until it is
+complete (a tag, a `<sub>`'s text, a "[[ ]]" block); the document's spoken
+text feeds the segmenter, cut at its marks. A flush (and the end of the
+input) ends the context's markup: its SSML must be complete there, and
+the default context's next text begins a new `<speak>` document.
 """
 
 from __future__ import annotations
@@ -24,11 +32,35 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional
 
+from server.document import DocumentReader
 from server.engine import AudioPiece, CallEngine, SpanRequest, Turn
 from server.errors import InvalidArgument
 from server.live import LiveSegmenter, Span
+from server.options import MarkupReader
 
 _END = object()
+
+
+Item = tuple[Span, bool]  # a span of the context's (spoken) text, and whether it ends a sentence
+
+
+class _Markup:
+    """A context's markup: pieces through a reader into a document, read into spans."""
+
+    def __init__(self, reader: Callable[[], MarkupReader], segmenter: LiveSegmenter):
+        self.reader = reader()
+        self.document = self.reader.document
+        self.spans = DocumentReader(self.document, segmenter)
+        self.ignored_sent = 0
+
+    def feed(self, text: str) -> list[Item]:
+        self.reader.feed(text)
+        return self.spans.read()
+
+    def finish(self) -> list[Item]:
+        """Everything pending, the markup complete (InvalidArgument if a tag is still open)."""
+        self.reader.feed("", final=True)
+        return self.spans.flush()
 
 
 @dataclass
@@ -39,25 +71,56 @@ class _Context:
     turn: Optional[Turn]
     """The turn its spans go to; the default context opens one at its next text."""
     ended: bool = False
+    markup: Optional[_Markup] = None
+
+    @property
+    def received(self) -> int:
+        """Characters received."""
+        return self.markup.reader.offset if self.markup else self.segmenter.offset
+
+    def feed(self, text: str) -> list[Item]:
+        if self.markup:
+            return self.markup.feed(text)
+        return [(span, not self.segmenter.is_forced(span)) for span in self.segmenter.feed(text)]
+
+    def flush(self) -> list[Item]:
+        if self.markup:
+            return self.markup.finish()
+        span = self.segmenter.flush()
+        return [(span, True)] if span is not None else []
 
 
 class LiveCall:
     """One SynthesizeLive call on its engine: start(requests), then iterate pieces()."""
 
-    def __init__(self, engine: CallEngine, segmenter: Callable[[], LiveSegmenter], max_chars: int):
+    def __init__(self, engine: CallEngine, segmenter: Callable[[], LiveSegmenter], max_chars: int,
+                 markup: Optional[Callable[[], MarkupReader]] = None):
         """:param segmenter: makes each context's segmenter (the call's max_pending_ms and _chars).
         :param max_chars: most characters the whole call may send, all contexts together (--max-chars).
+        :param markup: makes each context's markup reader (server/options.py, live_markup); None:
+            plain text only.
         """
         self._engine, self._new_segmenter, self._max_chars = engine, segmenter, max_chars
+        self._markup = markup
         self._contexts: dict[str, _Context] = {}
-        self._default = _Context(segmenter(), None)
+        self._default = self._new_context(None)
         self._contexts[""] = self._default
         self._reader: Optional[asyncio.Task] = None
 
     @property
     def characters(self) -> int:
         """Characters received so far, all contexts together."""
-        return sum(c.segmenter.offset for c in self._contexts.values())
+        return sum(c.received for c in self._contexts.values())
+
+    def take_ignored(self) -> list[str]:
+        """SSML tags and attributes read since the last call that are not acted on."""
+        found = []
+        for context in self._contexts.values():
+            if context.markup is not None:
+                ignored = context.markup.document.ignored
+                found += ignored[context.markup.ignored_sent:]
+                context.markup.ignored_sent = len(ignored)
+        return found
 
     def start(self, requests: AsyncIterator) -> None:
         """Start reading `requests` (the messages after the config)."""
@@ -83,11 +146,12 @@ class LiveCall:
                 request = await self._next(inbox)
                 if request is None:  # a timer: cut what is pending where it is due
                     for context in self._open_contexts():
-                        self._emit(context, context.segmenter.force_split(
-                            playing_until=self._engine.playing_until()))
+                        span = context.segmenter.force_split(playing_until=self._engine.playing_until())
+                        if span is not None:
+                            self._emit(context, span, not context.segmenter.is_forced(span))
                 elif request is _END:
                     for context in self._open_contexts():
-                        self._emit(context, context.segmenter.flush())
+                        self._emit_all(context, context.flush())
                     self._engine.close()
                     return
                 elif isinstance(request, BaseException):
@@ -120,10 +184,9 @@ class LiveCall:
             if self.characters + len(request.text) > self._max_chars:
                 raise InvalidArgument("text", f"the call's text would be over {self._max_chars} "
                                       "characters, the limit")
-            for span in context.segmenter.feed(request.text):
-                self._emit(context, span)
+            self._emit_all(context, context.feed(request.text))
         elif kind == "flush":
-            self._emit(context, context.segmenter.flush())
+            self._emit_all(context, context.flush())
             self._end(context, cancel=False)
         elif kind == "clear":
             context.segmenter.clear()
@@ -147,9 +210,14 @@ class LiveCall:
     def _open(self, context_id: str) -> _Context:
         turn = Turn(context_id, announce_end=True)
         self._engine.open_turn(turn)
-        context = _Context(self._new_segmenter(), turn)
+        context = self._new_context(turn)
         self._contexts[context_id] = context
         return context
+
+    def _new_context(self, turn: Optional[Turn]) -> _Context:
+        segmenter = self._new_segmenter()
+        markup = _Markup(self._markup, segmenter) if self._markup is not None else None
+        return _Context(segmenter, turn, markup=markup)
 
     def _end(self, context: _Context, cancel: bool) -> None:
         """End the context's turn: spoken to its end (flush) or cancelled (clear). A named
@@ -167,16 +235,19 @@ class LiveCall:
     def _open_contexts(self) -> list[_Context]:
         return [c for c in self._contexts.values() if not c.ended]
 
-    def _emit(self, context: _Context, span: Optional[Span]) -> None:
-        if span is None:
-            return
+    def _emit_all(self, context: _Context, items: list[Item]) -> None:
+        for span, ends_sentence in items:
+            self._emit(context, span, ends_sentence)
+
+    def _emit(self, context: _Context, span: Span, ends_sentence: bool) -> None:
         first = context.turn is None or not context.turn.spoken
         if context.turn is None:  # the default context's next turn
             context.turn = Turn("")
             self._engine.open_turn(context.turn)
-        segmenter = context.segmenter
-        self._engine.speak(SpanRequest(segmenter.text, span, context.turn, first_of_turn=first,
-                                       ends_sentence=not segmenter.is_forced(span)))
+        document = context.markup.document if context.markup is not None else None
+        self._engine.speak(SpanRequest(context.segmenter.text, span, context.turn, first_of_turn=first,
+                                       ends_sentence=ends_sentence,
+                                       document=None if document is None or document.plain else document))
 
 
 async def _pump(requests: AsyncIterator, inbox: asyncio.Queue) -> None:

@@ -7,11 +7,15 @@ value raises InvalidArgument/NotFound naming the proto field.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
+from server.document import Document, InlineReader, TextFormat, inline_document
 from server.encoding import Encoding, output_rate
 from server.errors import InvalidArgument, NotFound
 from server.frontend import speakable
 from server.inference import Scales
+from server.lexicon import Lexicon
+from server.ssml import SsmlReader, read_ssml
 from server.timings import Timestamps
 from server.voices import Voice
 
@@ -38,6 +42,10 @@ class SynthesisOptions:
     """Rate the client gets, in Hz; 0 = the voice's own rate."""
     timestamps: Timestamps = Timestamps.NONE
     """Which timings to send with the audio."""
+    document: Optional[Document] = None
+    """What the markup of `text` says (SSML, [[ ]]; server/document.py); None: plain text, spoken as ever."""
+    lexicon: Optional[Lexicon] = None
+    """The request's own lexicon entries (before the server's --lexicon)."""
 
     @property
     def sample_rate(self) -> int:
@@ -127,3 +135,25 @@ def check_chunk_ms(chunk_ms: int) -> int:
     if chunk_ms:
         check_range("chunk_ms", chunk_ms, CHUNK_MS_RANGE)
     return chunk_ms
+
+
+def document_for(text: str, voice: Voice, text_format: TextFormat, speed: float) -> Optional[Document]:
+    """The document of a request's `text` (checked, after check_text): its SSML, or its [[ ]]
+    blocks; None for plain text without any (the plain path). InvalidArgument names the position."""
+    if text_format is TextFormat.SSML:
+        document = read_ssml(text, voice.config, speed, SPEED_RANGE)
+    else:
+        document = inline_document(text, voice.config.phoneme_id_map)
+    if document is not None and not document.speakable():
+        raise InvalidArgument("text", "contains nothing speakable (markup only)")
+    return document
+
+
+MarkupReader = Union[SsmlReader, InlineReader]
+
+
+def live_markup(voice: Voice, text_format: TextFormat, speed: float) -> Callable[[], MarkupReader]:
+    """For SynthesizeLive: what reads a context's text pieces into a document of its own."""
+    if text_format is TextFormat.SSML:
+        return lambda: SsmlReader(Document(), voice.config, speed, SPEED_RANGE, several=True)
+    return lambda: InlineReader(Document(mapped=False), voice.config.phoneme_id_map)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Optional, Sequence
 
 import grpc
 
@@ -18,8 +19,10 @@ from server import live, transport
 from server import options as opts
 from server.live_call import LiveCall
 from server.config import Settings
+from server.document import TextFormat
 from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
+from server.lexicon import request_lexicon
 from server.metrics import CallRecord, Metrics
 from server.output import ChunkWriter, OutputChunk, encode_pieces, stream_words
 from server.timings import Timestamps, WordTiming
@@ -52,12 +55,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         self._synth = synthesizer
         self._scheduler = scheduler
         self._metrics = metrics
+        for voice in voices:  # a --lexicon entry a voice cannot speak stops the start-up, not a call
+            synthesizer.frontend.lexicons(voice)
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message, in any encoding."""
         async with self._metrics.track("Synthesize", context) as call, _status_on_error(context):
             request_id = call.request_id = await _start_call(context)
-            options = self._options(request, call)
+            options = await _with_markup(self._options(request, call), request)
             with self._scheduler.admit():
                 pieces = []
                 async for piece in self._synth.stream(options, _deadline(context), request_id):
@@ -76,13 +81,15 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 num_samples=audio.size,
                 sentences=_sentence_spans(pieces),
                 words=[_word_proto(w) for w in stream_words(pieces, options)],
+                ignored_tags=_ignored(options, request_id),
             )
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
         """Audio chunks as they are synthesized."""
         async with self._metrics.track("SynthesizeStream", context) as call, _status_on_error(context):
             request_id = call.request_id = await _start_call(context)
-            options = self._options(request, call)
+            options = await _with_markup(self._options(request, call), request)
+            ignored = _ignored(options, request_id)
             with self._scheduler.admit():
                 chunker = ChunkWriter(options)
                 stream = self._synth.stream(options, _deadline(context), request_id)
@@ -90,7 +97,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     async for piece in stream:
                         async for chunk in chunker.chunks(piece):
                             call.audio(chunk.num_samples, options.client_rate)
-                            yield _chunk_proto(chunk, options)
+                            yield _chunk_proto(chunk, options, ignored)
+                            ignored = []
 
     async def SynthesizeLive(self, request_iterator, context) -> AsyncIterator[pb.AudioChunk]:
         """Text in pieces in, audio chunks out (server/live.py)."""
@@ -106,11 +114,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             opts.check_range("config.max_pending_ms", max_ms, live.MAX_PENDING_MS_RANGE)
             max_chars = config.max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS
             opts.check_range("config.max_pending_chars", max_chars, live.MAX_PENDING_CHARS_RANGE)
+            markup = opts.live_markup(options.voice, _text_format(config.settings.text_format),
+                                      _speed(config.settings))
             with self._scheduler.admit():
                 chunker = ChunkWriter(options)
                 sessions = await self._synth.sessions(options)
                 engine = self._synth.engine(sessions, options, _deadline(context), request_id, hold_last=False)
-                session = LiveCall(engine, lambda: live.LiveSegmenter(max_ms, max_chars), self._settings.max_chars)
+                session = LiveCall(engine, lambda: live.LiveSegmenter(max_ms, max_chars), self._settings.max_chars,
+                                   markup)
                 session.start(requests)
                 stream = session.pieces()
                 try:
@@ -118,7 +129,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                         async for piece in stream:
                             async for chunk in chunker.chunks(piece):
                                 call.audio(chunk.num_samples, options.client_rate)
-                                yield _chunk_proto(chunk, options)
+                                yield _chunk_proto(chunk, options, _logged(session.take_ignored(), request_id))
                 finally:
                     session.cancel_all()
                     call.characters = session.characters
@@ -147,6 +158,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         voice = self._voices.get(request.voice)
         call.voice = voice.name
         encoding = _encoding(request.encoding)
+        _text_format(request.text_format)  # checked with the other fields; _with_markup reads the markup
         return opts.SynthesisOptions(
             text=text,
             voice=voice,
@@ -158,7 +170,19 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             chunk_ms=opts.check_chunk_ms(request.chunk_ms),
             output_rate=opts.check_sample_rate(voice, encoding, request.sample_rate_hz),
             timestamps=_timestamps(request.timestamps),
+            lexicon=request_lexicon(request.lexicon, voice.config.phoneme_id_map),
         )
+
+
+async def _with_markup(options: opts.SynthesisOptions, request: pb.SynthesizeRequest) -> opts.SynthesisOptions:
+    """`options` with the document of their text's markup (SSML, [[ ]]), read and checked off the
+    loop (10,000 characters of SSML tags take ~10 ms); plain text has none, at no cost."""
+    text_format = _text_format(request.text_format)
+    if text_format is TextFormat.PLAIN and "[[" not in options.text:
+        return options
+    document = await asyncio.get_running_loop().run_in_executor(
+        None, opts.document_for, options.text, options.voice, text_format, _speed(request))
+    return dataclasses.replace(options, document=document)
 
 
 @contextlib.asynccontextmanager
@@ -196,6 +220,30 @@ def _silence(request) -> float:
     return opts.check_range("sentence_silence_s", value, opts.SILENCE_RANGE_S)
 
 
+def _speed(request) -> float:
+    value = _optional(request, "speed")
+    return 1.0 if value is None else value
+
+
+def _text_format(value: int) -> TextFormat:
+    if value in (pb.TEXT_FORMAT_UNSPECIFIED, pb.TEXT_FORMAT_PLAIN):
+        return TextFormat.PLAIN
+    if value == pb.TEXT_FORMAT_SSML:
+        return TextFormat.SSML
+    raise InvalidArgument("text_format", f"unsupported value {value}")
+
+
+def _ignored(options: opts.SynthesisOptions, request_id: str) -> list[str]:
+    """The SSML tags and attributes a request's text has that are not acted on (logged)."""
+    return _logged(options.document.ignored if options.document is not None else [], request_id)
+
+
+def _logged(ignored: list[str], request_id: str) -> list[str]:
+    if ignored:
+        _LOGGER.info("request %s: SSML not acted on (its text is spoken): %s", request_id, ", ".join(ignored))
+    return ignored
+
+
 def _timestamps(value: int) -> Timestamps:
     try:
         return Timestamps(value)
@@ -210,7 +258,7 @@ def _encoding(value: int) -> Encoding:
     return encoding
 
 
-def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions) -> pb.AudioChunk:
+def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions, ignored: Sequence[str] = ()) -> pb.AudioChunk:
     return pb.AudioChunk(
         audio=chunk.audio,
         sequence=chunk.sequence,
@@ -224,6 +272,7 @@ def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions) -> pb.Audio
         words=[_word_proto(w) for w in chunk.words],
         context_id=chunk.context_id,
         context_end=chunk.context_end,
+        ignored_tags=ignored,
     )
 
 

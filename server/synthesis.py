@@ -17,9 +17,11 @@ from typing import AsyncIterator, Optional
 
 from server.cache import AudioCache
 from server.config import Settings
+from server.document import document_spans
 from server.engine import AudioPiece, CallEngine, SpanRequest, Turn
 from server.errors import VoiceLoadError, VoiceUnavailable
 from server.frontend import Frontend, Segment, normalize, split_sentences
+from server.lexicon import LexiconFile
 from server.metrics import Metrics
 from server.options import SynthesisOptions
 from server.pool import SessionPool, VoiceSessions
@@ -39,7 +41,8 @@ class Synthesizer:
         self.scheduler = scheduler
         self.metrics = metrics
         self.cache = AudioCache(settings.cache_mb * 1024 * 1024)
-        self.frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
+        lexicon = LexiconFile.load(settings.lexicon) if settings.lexicon is not None else None
+        self.frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes, lexicon)
         self._frontend_thread = ThreadPoolExecutor(1, thread_name_prefix="frontend")
 
     def close(self) -> None:
@@ -60,11 +63,17 @@ class Synthesizer:
         """
         sessions = await self.sessions(options)
         engine = self.engine(sessions, options, deadline, owner)
-        text, spans = await self.run_on_frontend(_sentences, options.text)
+        document = options.document
+        if document is None:
+            text, spans = await self.run_on_frontend(_sentences, options.text)
+            items = [(span, True) for span in spans]
+        else:
+            text, items = await self.run_on_frontend(document_spans, document)
         turn = Turn()
         engine.open_turn(turn)
-        for n, span in enumerate(spans):
-            engine.speak(SpanRequest(text, span, turn, first_of_turn=n == 0))
+        for n, (span, ends_sentence) in enumerate(items):
+            engine.speak(SpanRequest(text, span, turn, first_of_turn=n == 0, ends_sentence=ends_sentence,
+                                     document=document))
         engine.close()
         try:
             async for piece in engine.pieces():
@@ -109,5 +118,7 @@ def _timed_segments(frontend: Frontend, request: SpanRequest, index: int,
                     options: SynthesisOptions, words: bool) -> tuple[list[Segment], float]:
     start = time.monotonic()
     segments = frontend.span_segments(request.text, request.span, index, request.first_of_turn,
-                                      options.voice.config, options.scales.length_scale, words)
+                                      options.voice.config, options.scales.length_scale, words,
+                                      document=request.document,
+                                      lexicons=frontend.lexicons(options.voice, options.lexicon))
     return segments, time.monotonic() - start

@@ -5,6 +5,10 @@ Values that a later encoding or rate could make valid are avoided on purpose: en
 15 and 99, rates 7999, 48001 and 1, speaker_id -1 and 9999 stay invalid whatever is added
 (encodings 4 to 7 and rates 8,000 to 48,000 are valid now).
 
+SSML (text_format SSML) and lexicons: hostile XML (entity bombs, external entities, DOCTYPEs,
+deep nesting, huge attributes, unclosed tags), IPA a voice cannot speak and lexicon bombs are
+refused while the request is read: INVALID_ARGUMENT naming the field, and no inference runs.
+
 Lone surrogates (category Cs) cannot be sent at all: protobuf strings are UTF-8 and the
 client refuses to serialize them (test_lone_surrogates_never_leave_the_client).
 """
@@ -12,6 +16,7 @@ client refuses to serialize them (test_lone_surrogates_never_leave_the_client).
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import numpy as np
@@ -107,10 +112,87 @@ _NAMES = [
 ]
 
 
-async def _stream(stub, fields: dict) -> list:
+def _ssml(id, expected, text, **fields):
+    """A case whose text is SSML."""
+    return _case(id, expected, text, text_format=pb.TEXT_FORMAT_SSML, **fields)
+
+
+def _entries(*entries) -> list:
+    return [pb.LexiconEntry(text=text, ipa=ipa) for text, ipa in entries]
+
+
+def _nested_entities(depth: int) -> str:
+    """The billion laughs: each entity ten of the one before (10**depth "lol"s)."""
+    declarations = '<!ENTITY lol0 "lol">' + "".join(
+        f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, depth + 1))
+    return f'<?xml version="1.0"?><!DOCTYPE speak [{declarations}]><speak>&lol{depth};</speak>'
+
+
+_SSML_CASES = [
+    _ssml("billion laughs", (_IA, "text"), _nested_entities(9)),
+    _ssml("external entity", (_IA, "text"),
+          '<!DOCTYPE speak [<!ENTITY x SYSTEM "file:///etc/passwd">]><speak>&x;</speak>'),
+    _ssml("parameter entity", (_IA, "text"),
+          '<!DOCTYPE speak [<!ENTITY % p SYSTEM "http://example.com/evil.dtd"> %p;]><speak>x</speak>'),
+    _ssml("DOCTYPE alone", (_IA, "text"), '<!DOCTYPE speak><speak>Hello.</speak>'),
+    _ssml("undefined entity", (_IA, "text"), "<speak>Fish &chips;</speak>"),
+    _ssml("deep nesting", (_IA, "text"), "<speak>" + "<prosody>" * 2_000 + "deep"),
+    _ssml("unclosed tag", (_IA, "text"), "<speak><s>Hello there."),
+    _ssml("mismatched tags", (_IA, "text"), "<speak><s>Hello</p></speak>"),
+    _ssml("not XML at all", (_IA, "text"), "Hello <world & friends"),
+    _ssml("root is not speak", (_IA, "text"), "<p>Hello.</p>"),
+    _ssml("text after the root", (_IA, "text"), "<speak>Hello.</speak> and more"),
+    _ssml("huge attribute", (_IA, "text"), f'<speak><sub alias="{"x " * 2_000}">y</sub></speak>'),
+    _ssml("invalid IPA", (_IA, "text"), '<speak><phoneme ph="ɡoʊ g">go</phoneme></speak>'),
+    _ssml("reserved phoneme", (_IA, "text"), '<speak><phoneme ph="^ə$">a</phoneme></speak>'),
+    _ssml("empty ph", (_IA, "text"), '<speak><phoneme ph="  ">a</phoneme></speak>'),
+    _ssml("phoneme without ph", (_IA, "text"), "<speak><phoneme>a</phoneme></speak>"),
+    _ssml("x-sampa alphabet", (_IA, "text"), '<speak><phoneme alphabet="x-sampa" ph="h@l">a</phoneme></speak>'),
+    _ssml("markup inside phoneme", (_IA, "text"), '<speak><phoneme ph="ə"><break/>a</phoneme></speak>'),
+    _ssml("sub without alias", (_IA, "text"), "<speak><sub>WHO</sub></speak>"),
+    _ssml("say-as without interpret-as", (_IA, "text"), "<speak><say-as>12</say-as></speak>"),
+    _ssml("break too long", (_IA, "text"), '<speak>a <break time="11s"/> b</speak>'),
+    _ssml("break time not a time", (_IA, "text"), '<speak>a <break time="soon"/> b</speak>'),
+    _ssml("break strength unknown", (_IA, "text"), '<speak>a <break strength="huge"/> b</speak>'),
+    _ssml("breaks add up too long", (_IA, "text"), "<speak>" + '<break time="10s"/>' * 31 + "a</speak>"),
+    _ssml("prosody rate unknown", (_IA, "text"), '<speak><prosody rate="quick">a</prosody></speak>'),
+    _ssml("prosody rate beyond speed", (_IA, "text"), '<speak><prosody rate="500%">a</prosody></speak>'),
+    _ssml("prosody rate with speed", (_IA, "text"), '<speak><prosody rate="x-slow">a</prosody></speak>',
+          speed=0.25),
+    _ssml("prosody volume too loud", (_IA, "text"), '<speak><prosody volume="+40dB">a</prosody></speak>'),
+    _ssml("markup only", (_IA, "text"), "<speak><s> </s><p/></speak>"),
+    _case("text_format unknown", (_IA, "text_format"), "Hello.", text_format=7),
+    _case("inline IPA unknown", (_IA, "text"), "Say [[ ɡoʊ g ]] now."),
+    _case("inline IPA reserved", (_IA, "text"), "Say [[ _ ]] now."),
+    # Accepted SSML: what is unusual but fine speaks.
+    _ssml("XML declaration, comment, PI, CDATA", _AUDIO,
+          '<?xml version="1.0" encoding="UTF-8"?><!-- hi --><?pi x?><speak><![CDATA[Fish & <chips>]]></speak>'),
+    _ssml("unknown tags are spoken", _AUDIO, "<speak><emphasis><voice name='x'>Hello</voice></emphasis></speak>"),
+    _ssml("every tag", _AUDIO, '<speak><p><s>Hi <break time="10ms"/><prosody rate="fast" volume="soft">there'
+                               '</prosody> <phoneme ph="tˈuː">two</phoneme> <sub alias="three">3</sub> '
+                               '<say-as interpret-as="ordinal">4</say-as>.</s></p></speak>'),
+    _ssml("a break alone", _AUDIO, '<speak><break time="50ms"/>Hi</speak>'),
+]
+
+_LEXICON_CASES = [
+    _case("lexicon too many entries", (_IA, "lexicon"), lexicon=_entries(*[("w", "ə")] * 257)),
+    _case("lexicon too many characters", (_IA, "lexicon"), lexicon=_entries(*[("w" * 99, "ə" * 99)] * 42)),
+    _case("lexicon bomb: one letter, 100 phonemes", (_IA, "lexicon[0].ipa"), text="a " * 2_000,
+          lexicon=_entries(("a", "ə" * 100))),
+    _case("lexicon invalid IPA", (_IA, "lexicon[1].ipa"), lexicon=_entries(("hi", "hˈaɪ"), ("there", "ðɛɹ g"))),
+    _case("lexicon entry without a word", (_IA, "lexicon[0].text"), lexicon=_entries(("...", "ə"))),
+    _case("lexicon entry text too long", (_IA, "lexicon[0].text"), lexicon=_entries(("x" * 101, "ə"))),
+    _case("lexicon 256 nested phrases", _AUDIO, text="a " * 300,
+          lexicon=_entries(*[(" ".join(["a"] * (1 + n % 30)), "ɐ") for n in range(256)])),
+]
+
+
+async def _stream(stub, fields: dict, request_id: str = "") -> list:
     """All chunks of a stream, as FLOAT32 (to check finiteness) unless the case sets an encoding."""
     fields = {"encoding": pb.AUDIO_ENCODING_FLOAT32, **fields}
-    return [c async for c in stub.SynthesizeStream(pb.SynthesizeRequest(**fields), timeout=_TIMEOUT)]
+    metadata = (("x-request-id", request_id),) if request_id else None
+    call = stub.SynthesizeStream(pb.SynthesizeRequest(**fields), timeout=_TIMEOUT, metadata=metadata)
+    return [c async for c in call]
 
 
 def _check_audio(chunks) -> None:
@@ -121,16 +203,19 @@ def _check_audio(chunks) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fields, expected", _KNOBS + _TEXTS + _NAMES)
-async def test_bad_input_gets_its_status_or_valid_audio(stub, fields, expected):
+@pytest.mark.parametrize("fields, expected", _KNOBS + _TEXTS + _NAMES + _SSML_CASES + _LEXICON_CASES)
+async def test_bad_input_gets_its_status_or_valid_audio(app, stub, fields, expected):
     if expected is _AUDIO:
         _check_audio(await _stream(stub, fields))
         return
     code, field = expected
+    request_id = f"bad-{uuid.uuid4().hex[:12]}"
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _stream(stub, fields)
+        await _stream(stub, fields, request_id)
     assert info.value.code() == code, info.value.details()
     assert info.value.details().startswith(f"{field}: "), info.value.details()
+    # Refused while its fields were read: not one inference ran for it.
+    assert not [run for run in app.scheduler.run_log if run.owner.startswith(request_id)]
 
 
 @pytest.mark.parametrize("text", ["...", "\u200b\u200b", "\u0301" * 10, "\x00"])

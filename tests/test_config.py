@@ -30,7 +30,7 @@ FLAGS = frozenset({
     "--max-phonemes-per-chunk", "--max-queue", "--max-response-mb", "--max-streams-per-connection", "--metrics",
     "--metrics-port", "--min-client-ping-interval-s", "--pool-size", "--port", "--preload", "--sessions",
     "--tls-cert", "--tls-client-ca", "--tls-key", "--voice", "--voice-dir", "--voice-idle-s", "--warm-up",
-    "--http-port", "--wyoming-port", "--openai-voices", "--http-read-timeout-s",
+    "--http-port", "--wyoming-port", "--openai-voices", "--http-read-timeout-s", "--lexicon",
 })
 NEGATIONS = frozenset({"--no-allow-spinning", "--no-cpu-arena", "--no-metrics", "--no-warm-up",
                        "--no-decoder-windows"})
