@@ -55,8 +55,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         self._synth = synthesizer
         self._scheduler = scheduler
         self._metrics = metrics
-        for voice in voices:  # a --lexicon entry a voice cannot speak stops the start-up, not a call
-            synthesizer.frontend.lexicons(voice)
+        _check_lexicon(synthesizer, voices)
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message, in any encoding."""
@@ -172,6 +171,18 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             timestamps=_timestamps(request.timestamps),
             lexicon=request_lexicon(request.lexicon, voice.config.phoneme_id_map),
         )
+
+
+def _check_lexicon(synthesizer: Synthesizer, voices: VoiceRegistry) -> None:
+    """Every voice's --lexicon entries, checked now: a bad one stops the start-up, not a call
+    (LexiconFileError); a [voice] section for no voice is a warning (a misspelt name)."""
+    lexicon = synthesizer.frontend.lexicon
+    if lexicon is None:
+        return
+    for voice in voices:
+        synthesizer.frontend.lexicons(voice)
+    for name in sorted(lexicon.voices() - {voice.name for voice in voices}):
+        _LOGGER.warning("lexicon %s: the section [%s] is for no voice this server has", lexicon.path, name)
 
 
 async def _with_markup(options: opts.SynthesisOptions, request: pb.SynthesizeRequest) -> opts.SynthesisOptions:

@@ -192,3 +192,11 @@ async def test_a_servers_lexicon_and_a_requests_speak_as_inline_phonemes_do(tmp_
 
 def test_entries_are_frozen_values():
     assert make_entry("Acme  Corp", "ˈækmi kˈɔːɹp", False, _MAP) == Entry("Acme Corp", tuple("ˈækmi kˈɔːɹp"))
+
+
+async def test_a_section_for_no_voice_is_a_warning(tmp_path, caplog):
+    path = _file(tmp_path, "[en_US-joe-mediun]\nAcme\tˈækmi\n")
+    settings = Settings(port=0, pool_size=1, max_queue=4, grace_s=0.5, warm_up=False, lexicon=path)
+    async with serving(settings):
+        pass
+    assert f"lexicon {path}: the section [en_US-joe-mediun] is for no voice this server has" in caplog.text
