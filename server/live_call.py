@@ -54,6 +54,7 @@ class _Markup:
         self.ignored_sent = 0
 
     def feed(self, text: str) -> list[Item]:
+        """Read a piece; the spans it completes."""
         self.reader.feed(text)
         return self.spans.read()
 
@@ -79,11 +80,13 @@ class _Context:
         return self.markup.reader.offset if self.markup else self.segmenter.offset
 
     def feed(self, text: str) -> list[Item]:
+        """A piece of the context's text in; the spans now complete out."""
         if self.markup:
             return self.markup.feed(text)
         return [(span, not self.segmenter.is_forced(span)) for span in self.segmenter.feed(text)]
 
     def flush(self) -> list[Item]:
+        """Everything pending as spans (the markup ended)."""
         if self.markup:
             return self.markup.finish()
         span = self.segmenter.flush()
