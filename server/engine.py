@@ -243,7 +243,10 @@ class CallEngine:
     def cancel_all(self) -> None:
         """Stop everything: the producer and every queued or running job of the call."""
         if self._producer is not None:
+            # Dropped too: the cancelled task's traceback holds its frame, which holds
+            # this engine, and that cycle would keep a call's latents until a full GC.
             self._producer.cancel()
+            self._producer = None
         self._turns.clear()
         while self._works:
             item = self._works.popleft()
@@ -522,10 +525,12 @@ class CallEngine:
         self._changes.changed()
 
     def _submit_window(self, work: _Work, window: _Window) -> None:
-        sessions, encoded = self._sessions, work.encoded
-        offset_s = window.start * sessions.hop / self._options.sample_rate
+        # The job's function holds the frame bounds, not the window: a window that held
+        # its job holding it would be a cycle keeping the segment's latent until a full GC.
+        sessions, encoded, start, stop = self._sessions, work.encoded, window.start, window.stop
+        offset_s = start * sessions.hop / self._options.sample_rate
         window.job = self._synth.scheduler.submit(
-            lambda run_options: sessions.decode(encoded, window.start, window.stop, run_options),
+            lambda run_options: sessions.decode(encoded, start, stop, run_options),
             due=work.due + offset_s, deadline=self._deadline, owner=self._job_owner(work))
 
     def _job_owner(self, work: _Work) -> str:

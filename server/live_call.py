@@ -136,7 +136,8 @@ class LiveCall:
     def cancel_all(self) -> None:
         """Stop reading and every queued or running inference of the call."""
         if self._reader is not None:
-            self._reader.cancel()
+            self._reader.cancel()  # and dropped: see CallEngine.cancel_all
+            self._reader = None
         self._engine.cancel_all()
 
     # -- reading ----------------------------------------------------------------

@@ -214,20 +214,24 @@ class Scheduler:
         return True
 
     async def _work(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            job = await self._next_job()
-            self._begin(index, job)
-            try:
-                audio, run_s = await loop.run_in_executor(self._executor, _timed, job.run, job.run_options)
-            except Exception as exc:  # delivered to the call that owns the job
-                self.counters.runs_failed += not job.run_options.terminate
-                _settle(job, exc=exc)
-            else:
-                self.metrics.record_inference(run_s)
-                _settle(job, result=audio)
-            finally:
-                self._end(index, job)
+            await self._run(index, await self._next_job())
+
+    async def _run(self, index: int, job: Job) -> None:
+        """Run one job and settle its future; its result is not kept here afterwards
+        (a worker waiting for its next job holds nothing of the last one's memory)."""
+        self._begin(index, job)
+        try:
+            result, run_s = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _timed, job.run, job.run_options)
+        except Exception as exc:  # delivered to the call that owns the job
+            self.counters.runs_failed += not job.run_options.terminate
+            _settle(job, exc=exc)
+        else:
+            self.metrics.record_inference(run_s)
+            _settle(job, result=result)
+        finally:
+            self._end(index, job)
 
     def _begin(self, index: int, job: Job) -> None:
         job.running = True

@@ -67,3 +67,30 @@ def test_filler_ids_have_the_voice_layout():
 def test_bad_memory_settings_are_refused_with_the_field_named(field, value):
     with pytest.raises(ValueError, match=field):
         Settings(**{field: value})
+
+
+async def test_a_finished_call_frees_its_latents_without_waiting_for_the_garbage_collector(app, stub):
+    """A call's engine, segments and latents go when the call ends, by reference counting:
+    a reference cycle would keep them (tens of MB of ONNX Runtime memory under load)
+    until a full collection, and the idle trim could not give them back."""
+    import gc
+
+    from server.engine import CallEngine
+    from server.inference import Encoded
+
+    def alive() -> tuple[int, int]:
+        objects = gc.get_objects()
+        return sum(isinstance(o, CallEngine) for o in objects), sum(isinstance(o, Encoded) for o in objects)
+
+    text = "A call whose memory must go with it. It has two sentences, so several windows."
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        for _ in range(4):
+            async for _chunk in stub.SynthesizeStream(pb.SynthesizeRequest(text=text), timeout=_TIMEOUT):
+                pass
+        await asyncio.wait_for(app.scheduler.wait_idle(), _TIMEOUT)
+        assert alive() == before
+    finally:
+        gc.enable()
