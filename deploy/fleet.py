@@ -30,10 +30,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.server_process import ServerProcess, _die_with_parent
+from clients.channel import SYNTHESIZER_SERVICE
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx" / "speakstream.conf.template"
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
-SYNTHESIZER_SERVICE = "speakstream.v1.Synthesizer"
 # Loopback servers of a fleet share the machine's cores: one inference each, on one thread,
 # unless the caller says otherwise.
 SMALL_SERVER_ARGS = ("--pool-size", "1", "--intra-op-threads", "1")
@@ -50,8 +50,7 @@ def find_nginx() -> Optional[str]:
     return None
 
 
-def render_nginx_conf(backends: Sequence[str], listen: str, run_dir: Path | str, workers: str = "auto",
-                      server_params: str = "max_fails=1 fail_timeout=5s") -> str:
+def render_nginx_conf(backends: Sequence[str], listen: str, run_dir: Path | str, workers: str = "auto") -> str:
     """deploy/nginx/speakstream.conf.template with the servers, the listen address and the run directory."""
     if not backends:
         raise ValueError("backend: at least one server address host:port is needed")
@@ -59,7 +58,8 @@ def render_nginx_conf(backends: Sequence[str], listen: str, run_dir: Path | str,
         _check_address(flag, address)
     if not (workers == "auto" or workers.isdigit() and int(workers) > 0):
         raise ValueError(f"workers: {workers!r} is neither a positive number nor auto")
-    servers = "\n".join(f"        server {backend} {server_params};" for backend in backends)
+    # A server that fails a connection is skipped for 5 s (a dead or draining one refuses at once).
+    servers = "\n".join(f"        server {backend} max_fails=1 fail_timeout=5s;" for backend in backends)
     text = TEMPLATE.read_text(encoding="utf-8")
     for name, value in (("SERVERS", servers), ("LISTEN", listen), ("RUN_DIR", str(run_dir)), ("WORKERS", workers)):
         text = text.replace(f"@{name}@", value)
