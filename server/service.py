@@ -60,7 +60,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message, in any encoding."""
         async with self._metrics.track("Synthesize", context) as call, _status_on_error(context):
-            request_id = call.request_id = await _start_call(context)
+            request_id = call.request_id = await _start_call(context, unary=True)
             options = await _with_markup(self._options(request, call), request)
             with self._scheduler.admit():
                 pieces = []
@@ -73,7 +73,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             if len(encoded) > limit:
                 raise TooLarge("audio", f"{len(encoded)} bytes is more than one response may carry "
                                f"({limit}, --max-response-mb); use SynthesizeStream for long texts")
-            return pb.SynthesizeResponse(
+            return await _answer(context, request_id, pb.SynthesizeResponse(
                 audio=encoded,
                 encoding=_PROTO_ENCODINGS[options.encoding],
                 sample_rate_hz=options.client_rate,
@@ -81,7 +81,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 sentences=_sentence_spans(pieces),
                 words=[_word_proto(w) for w in stream_words(pieces, options)],
                 ignored_tags=_ignored(options, request_id),
-            )
+            ))
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.AudioChunk]:
         """Audio chunks as they are synthesized."""
@@ -136,13 +136,13 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         """Every voice with its language, rate, speakers and quality."""
         async with self._metrics.track("ListVoices", context) as call:
-            call.request_id = await _start_call(context)
+            request_id = call.request_id = await _start_call(context, unary=True)
             default = self._voices.default.name
             voices = list(self._voices)
             timestamps = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: [self._synth.pool.timestamps(v) for v in voices])
-            return pb.ListVoicesResponse(voices=[_voice_proto(v, v.name == default, t)
-                                                 for v, t in zip(voices, timestamps)])
+            return await _answer(context, request_id, pb.ListVoicesResponse(
+                voices=[_voice_proto(v, v.name == default, t) for v, t in zip(voices, timestamps)]))
 
     def _options(self, request: pb.SynthesizeRequest, call: CallRecord,
                  live: bool = False) -> opts.SynthesisOptions:
@@ -208,11 +208,23 @@ async def _status_on_error(context):
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
-async def _start_call(context) -> str:
-    """The call's request id (the client's x-request-id, else a new one), sent back at once."""
+async def _start_call(context, unary: bool = False) -> str:
+    """The call's request id (the client's x-request-id, else a new one), sent back: a
+    stream's at once in its headers; a unary call's in its trailers, and in its headers
+    only with the response (_answer), so until it answers a balancer may still retry it
+    elsewhere (headers sent mean the call has started, for nginx and gRPC retries alike)."""
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex[:16]
-    await context.send_initial_metadata((("x-request-id", request_id),))
+    if unary:
+        context.set_trailing_metadata((("x-request-id", request_id),))
+    else:
+        await context.send_initial_metadata((("x-request-id", request_id),))
     return request_id
+
+
+async def _answer(context, request_id: str, response):
+    """A unary call's response, after its headers with the request id."""
+    await context.send_initial_metadata((("x-request-id", request_id),))
+    return response
 
 
 def _deadline(context) -> Optional[float]:

@@ -158,3 +158,18 @@ async def test_a_repeated_deterministic_request_is_served_from_the_cache(app, st
     assert b"".join(c.audio for c in again) == b"".join(c.audio for c in first)
     noisy, _ = await _collect(stub, pb.SynthesizeRequest(text=request.text))
     assert app.scheduler.counters.runs_started > runs  # noise on: never cached
+
+
+async def test_a_unary_call_sends_its_request_id_with_the_answer_not_before(stub):
+    """Headers sent mean a call has started, and a balancer may no longer retry it elsewhere:
+    a unary call's request id comes with its response (and with its status if it fails)."""
+    ok = stub.Synthesize(pb.SynthesizeRequest(text="Answered."), timeout=_TIMEOUT,
+                         metadata=(("x-request-id", "unary-ok"),))
+    await ok
+    assert dict(await ok.initial_metadata())["x-request-id"] == "unary-ok"
+    refused = stub.Synthesize(pb.SynthesizeRequest(text="", voice=""), timeout=_TIMEOUT,
+                              metadata=(("x-request-id", "unary-refused"),))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await refused
+    assert "x-request-id" not in dict(await refused.initial_metadata() or ())
+    assert dict(await refused.trailing_metadata())["x-request-id"] == "unary-refused"
