@@ -495,10 +495,10 @@ class CallEngine:
         sessions, ids, speaker = self._sessions, work.segment.ids, self._options.speaker_id
         scales, length_scale = self._options.scales, work.segment.length_scale
         first = self._windows[0] if work.first_of_turn else self._windows[1]
-        largest = self._windows[1]
+        largest, with_first = self._windows[1], work.first_of_turn
 
         def run(run_options):
-            return _encode(sessions, ids, scales, length_scale, speaker, first, largest, run_options)
+            return _encode(sessions, ids, scales, length_scale, speaker, (first, largest), with_first, run_options)
 
         work.encode_job = self._synth.scheduler.submit(run, due=work.due, deadline=self._deadline,
                                                        owner=self._job_owner(work))
@@ -512,9 +512,10 @@ class CallEngine:
         encoded, plan, first_audio = future.result()
         work.encoded, work.planned = encoded, True
         work.windows = [_Window(a, b) for a, b in plan]
-        work.windows[0].audio = first_audio
         work.timings = self._timings(work.segment, encoded.durations)
-        self._synth.metrics.record_synthesized(first_audio.size, self._options.sample_rate)
+        if first_audio is not None:
+            work.windows[0].audio = first_audio
+            self._synth.metrics.record_synthesized(first_audio.size, self._options.sample_rate)
         audio_s = (encoded.frames * self._sessions.hop if encoded.audio is None
                    else encoded.audio.size) / self._options.sample_rate
         self._phonemes_encoded += len(work.segment.phonemes)
@@ -540,16 +541,19 @@ class CallEngine:
 
 
 def _encode(sessions: VoiceSessions, ids, scales: Scales, length_scale: Optional[float], speaker_id: int,
-            first: int, largest: int, run_options) -> tuple[Encoded, list[tuple[int, int]], np.ndarray]:
+            windows: tuple[int, int], with_first: bool,
+            run_options) -> tuple[Encoded, list[tuple[int, int]], Optional[np.ndarray]]:
     """A segment's encoder job (in a worker thread): encode (at its own `length_scale`, if it has
-    one, so that its audio's length scales: server/rate.py), plan the windows, and decode the
-    first window at once, since it is due as soon as the encoder is done; a voice that runs
-    whole has one window, its audio."""
+    one, so that its audio's length scales: server/rate.py) and plan the windows (`windows`: the
+    first's size and the largest). A turn's first segment (`with_first`) also decodes its first,
+    small window at once: that is the turn's first audio. Later segments leave all their windows
+    to jobs of their own, so no job grows long enough to keep a new call's first job waiting.
+    A voice that runs whole has one window, its audio."""
     encoded = encode_at_rate(lambda at: sessions.encode(ids, at, speaker_id, run_options), scales, length_scale)
     if encoded.audio is not None:
         return encoded, [(0, encoded.frames)], encoded.audio
-    plan = plan_windows(encoded.frames, first, largest)
-    return encoded, plan, sessions.decode(encoded, *plan[0], run_options)
+    plan = plan_windows(encoded.frames, *windows)
+    return encoded, plan, sessions.decode(encoded, *plan[0], run_options) if with_first else None
 
 
 def plan_windows(frames: int, first: int, largest: int) -> list[tuple[int, int]]:
