@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesizer_pb2_grpc
 
 from server import transport
+from server.calls import CallContext
 from server.config import Settings
 from server.doors.serve import Doors, check_ports, start_doors
 from server.errors import BindError, VoiceLoadError
@@ -159,7 +160,7 @@ async def _assemble(settings: Settings, voices: Optional[VoiceRegistry], server:
     _start_profiling(settings, parts)
     stats = StatsServicer(builder, profiling=settings.enable_profiling)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(
-        SynthesizerServicer(settings, voices, synthesizer, scheduler, metrics), server)
+        SynthesizerServicer(CallContext(settings, voices, synthesizer, scheduler, metrics)), server)
     stats_pb2_grpc.add_StatsServicer_to_server(stats, server)
     health_servicer = await _add_health(server)
     enable_reflection(server, (SYNTHESIZER_SERVICE, STATS_SERVICE, HEALTH_SERVICE))

@@ -39,6 +39,8 @@ class OutputChunk:
     """The words whose first sample is in this chunk, in samples from the stream's start."""
     context_id: str = ""
     context_end: bool = False
+    ignored_tags: tuple[str, ...] = ()
+    """SSML tags and attributes read since the last chunk and not acted on (server/calls.py)."""
 
 
 class ChunkWriter:

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Optional, Sequence
+from typing import AsyncIterator, Optional
 
 import grpc
 
@@ -17,17 +17,15 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from server import live, transport
 from server import options as opts
-from server.live_call import LiveCall
-from server.config import Settings
+from server.calls import CallContext, live_chunks, logged_ignored, text_chunks
 from server.document import TextFormat
 from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.lexicon import request_lexicon
-from server.metrics import CallRecord, Metrics
-from server.output import ChunkWriter, OutputChunk, encode_pieces, stream_words
-from server.timings import Timestamps, WordTiming
-from server.scheduler import Scheduler
+from server.metrics import CallRecord
+from server.output import OutputChunk, encode_pieces, stream_words
 from server.synthesis import AudioPiece, Synthesizer
+from server.timings import Timestamps, WordTiming
 from server.voices import VoiceRegistry
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,14 +46,14 @@ _PROTO_ENCODINGS = {e: p for p, e in _ENCODINGS.items() if p != pb.AUDIO_ENCODIN
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     """speakstream.v1.Synthesizer on top of the Synthesizer pipeline."""
 
-    def __init__(self, settings: Settings, voices: VoiceRegistry,
-                 synthesizer: Synthesizer, scheduler: Scheduler, metrics: Metrics):
-        self._settings = settings
-        self._voices = voices
-        self._synth = synthesizer
-        self._scheduler = scheduler
-        self._metrics = metrics
-        _check_lexicon(synthesizer, voices)
+    def __init__(self, ctx: CallContext):
+        self._ctx = ctx
+        self._settings = ctx.settings
+        self._voices = ctx.voices
+        self._synth = ctx.synthesizer
+        self._scheduler = ctx.scheduler
+        self._metrics = ctx.metrics
+        _check_lexicon(ctx.synthesizer, ctx.voices)
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         """Whole audio in one message, in any encoding."""
@@ -88,16 +86,10 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         async with self._metrics.track("SynthesizeStream", context) as call, _status_on_error(context):
             request_id = call.request_id = await _start_call(context)
             options = await _with_markup(self._options(request, call), request)
-            ignored = _ignored(options, request_id)
-            with self._scheduler.admit():
-                chunker = ChunkWriter(options)
-                stream = self._synth.stream(options, _deadline(context), request_id)
-                async with contextlib.aclosing(stream):
-                    async for piece in stream:
-                        async for chunk in chunker.chunks(piece):
-                            call.audio(chunk.num_samples, options.client_rate)
-                            yield _chunk_proto(chunk, options, ignored)
-                            ignored = []
+            stream = text_chunks(self._ctx, options, request_id, call, _deadline(context))
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    yield _chunk_proto(chunk, options)
 
     async def SynthesizeLive(self, request_iterator, context) -> AsyncIterator[pb.AudioChunk]:
         """Text in pieces in, audio chunks out (server/live.py)."""
@@ -115,23 +107,11 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             opts.check_range("config.max_pending_chars", max_chars, live.MAX_PENDING_CHARS_RANGE)
             markup = opts.live_markup(options.voice, _text_format(config.settings.text_format),
                                       _speed(config.settings))
-            with self._scheduler.admit():
-                chunker = ChunkWriter(options)
-                sessions = await self._synth.sessions(options)
-                engine = self._synth.engine(sessions, options, _deadline(context), request_id, hold_last=False)
-                session = LiveCall(engine, lambda: live.LiveSegmenter(max_ms, max_chars), self._settings.max_chars,
-                                   markup)
-                session.start(requests)
-                stream = session.pieces()
-                try:
-                    async with contextlib.aclosing(stream):
-                        async for piece in stream:
-                            async for chunk in chunker.chunks(piece):
-                                call.audio(chunk.num_samples, options.client_rate)
-                                yield _chunk_proto(chunk, options, _logged(session.take_ignored(), request_id))
-                finally:
-                    session.cancel_all()
-                    call.characters = session.characters
+            stream = live_chunks(self._ctx, options, lambda: live.LiveSegmenter(max_ms, max_chars), requests,
+                                 request_id, call, _deadline(context), markup)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    yield _chunk_proto(chunk, options)
 
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         """Every voice with its language, rate, speakers and quality."""
@@ -258,13 +238,7 @@ def _text_format(value: int) -> TextFormat:
 
 def _ignored(options: opts.SynthesisOptions, request_id: str) -> list[str]:
     """The SSML tags and attributes a request's text has that are not acted on (logged)."""
-    return _logged(options.document.ignored if options.document is not None else [], request_id)
-
-
-def _logged(ignored: list[str], request_id: str) -> list[str]:
-    if ignored:
-        _LOGGER.info("request %s: SSML not acted on (its text is spoken): %s", request_id, ", ".join(ignored))
-    return ignored
+    return logged_ignored(options.document.ignored if options.document is not None else [], request_id)
 
 
 def _timestamps(value: int) -> Timestamps:
@@ -281,7 +255,7 @@ def _encoding(value: int) -> Encoding:
     return encoding
 
 
-def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions, ignored: Sequence[str] = ()) -> pb.AudioChunk:
+def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions) -> pb.AudioChunk:
     return pb.AudioChunk(
         audio=chunk.audio,
         sequence=chunk.sequence,
@@ -295,7 +269,7 @@ def _chunk_proto(chunk: OutputChunk, options: opts.SynthesisOptions, ignored: Se
         words=[_word_proto(w) for w in chunk.words],
         context_id=chunk.context_id,
         context_end=chunk.context_end,
-        ignored_tags=ignored,
+        ignored_tags=chunk.ignored_tags,
     )
 
 

@@ -1,66 +1,34 @@
-"""What every door shares: the engine's parts, request ids, validated options, and the two kinds of call.
+"""What the non-gRPC doors share: request ids, plain values to validated options, live input.
 
 A door turns its own request into a `SynthesisOptions` with the validation
-the gRPC servicer uses (server/options.py), and then runs one of two calls
-on the same engine: a whole text (`text_chunks`, as SynthesizeStream does)
-or text arriving in pieces (`live_chunks`, as SynthesizeLive does). Both
-hold an admission place for the whole call, give out encoded OutputChunks
-(server/output.py), and stop every queued and running inference of the call
-when the door closes them (the client went away).
+the gRPC servicer uses (server/options.py), and then runs one of the two
+calls of server/calls.py on the same engine, as the gRPC servicer does: a
+whole text (`text_chunks`) or text arriving in pieces (`live_chunks`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Callable, Optional
 
 from speakstream.v1 import synthesizer_pb2 as pb
 
 from server import live
 from server import options as opts
-from server.config import Settings
+from server.calls import CallContext
 from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError
-from server.live_call import LiveCall
-from server.metrics import CallRecord, Metrics
-from server.output import ChunkWriter, OutputChunk
-from server.scheduler import Scheduler
-from server.security import AuthTokens, bearer_token, token_in
-from server.synthesis import Synthesizer
 from server.timings import Timestamps
-from server.voices import Voice, VoiceRegistry
+from server.voices import Voice
 
 REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
 # Requests a live call may have read ahead of the engine: the door stops reading the
 # client (its transport then pushes back) rather than queueing without bound.
 _LIVE_BACKLOG = 64
-
-
-@dataclass(frozen=True)
-class DoorContext:
-    """The server's parts a door needs: the same objects the gRPC servicer uses."""
-
-    settings: Settings
-    voices: VoiceRegistry
-    synthesizer: Synthesizer
-    scheduler: Scheduler
-    metrics: Metrics
-    auth: Optional[AuthTokens] = None
-    """Bearer tokens the HTTP door requires (--auth-token-file); None = open."""
-
-    def authorized(self, authorization: Optional[str]) -> bool:
-        """Whether an `Authorization: Bearer <token>` value passes --auth-token-file (constant time)."""
-        if self.auth is None:
-            return True
-        if not authorization:
-            return False
-        token = bearer_token([("authorization", authorization)])
-        return token is not None and token_in(token, self.auth.user + self.auth.admin)
 
 
 class TextTooLong(InvalidArgument):
@@ -145,7 +113,7 @@ class Knobs:
     timestamps: Timestamps = Timestamps.NONE
 
 
-def synthesis_options(ctx: DoorContext, knobs: Knobs, live_text: bool = False) -> opts.SynthesisOptions:
+def synthesis_options(ctx: CallContext, knobs: Knobs, live_text: bool = False) -> opts.SynthesisOptions:
     """Validated options, exactly as the gRPC servicer checks them; live calls have no text yet."""
     text = "" if live_text else opts.check_text(knobs.text, ctx.settings.max_chars)
     voice = knobs.voice or ctx.voices.default
@@ -172,27 +140,6 @@ def live_segmenter(max_pending_ms: Optional[int],
     max_chars = max_pending_chars or live.DEFAULT_MAX_PENDING_CHARS
     opts.check_range("max_pending_chars", max_chars, live.MAX_PENDING_CHARS_RANGE)
     return lambda: live.LiveSegmenter(max_ms, max_chars)
-
-
-# -- the two calls ----------------------------------------------------------------------------
-
-
-async def text_chunks(ctx: DoorContext, options: opts.SynthesisOptions, owner: str,
-                      call: CallRecord) -> AsyncIterator[OutputChunk]:
-    """A whole text's chunks as they are synthesized (SynthesizeStream's call).
-
-    Admission is held until the generator ends; closing it (aclose) stops the
-    call's queued and running inferences.
-    """
-    call.characters, call.voice = len(options.text), options.voice.name
-    with ctx.scheduler.admit():
-        chunker = ChunkWriter(options)
-        stream = ctx.synthesizer.stream(options, None, owner)
-        async with contextlib.aclosing(stream):
-            async for piece in stream:
-                async for chunk in chunker.chunks(piece):
-                    call.audio(chunk.num_samples, options.client_rate)
-                    yield chunk
 
 
 class LiveInput:
@@ -239,30 +186,3 @@ class LiveInput:
         if isinstance(item, BaseException):
             raise item
         return item
-
-
-async def live_chunks(ctx: DoorContext, options: opts.SynthesisOptions,
-                      segmenter: Callable[[], live.LiveSegmenter], requests: LiveInput, owner: str,
-                      call: CallRecord) -> AsyncIterator[OutputChunk]:
-    """Text in pieces in (`requests`), chunks out as sentences complete (SynthesizeLive's call).
-
-    Admission is held until the generator ends; closing it stops reading and
-    every queued and running inference of the call.
-    """
-    call.voice = options.voice.name
-    with ctx.scheduler.admit():
-        chunker = ChunkWriter(options)
-        sessions = await ctx.synthesizer.sessions(options)
-        engine = ctx.synthesizer.engine(sessions, options, None, owner, hold_last=False)
-        session = LiveCall(engine, segmenter, ctx.settings.max_chars)
-        session.start(requests)
-        stream = session.pieces()
-        try:
-            async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    async for chunk in chunker.chunks(piece):
-                        call.audio(chunk.num_samples, options.client_rate)
-                        yield chunk
-        finally:
-            session.cancel_all()
-            call.characters = session.characters

@@ -35,6 +35,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from server import transport
+from server.calls import CallContext, text_chunks
 from server.doors import calls, live_ws, openai_api
 from server.doors.listen import listen
 from server.doors.status import SlowRequest, Unauthenticated, http_status
@@ -53,7 +54,7 @@ CALLS = (SPEECH_CALL, "http:/v1/models", "http:/v1/audio/voices")
 class HttpDoor:
     """The HTTP door: its app, its uvicorn server, its port."""
 
-    def __init__(self, ctx: calls.DoorContext, security: Security):
+    def __init__(self, ctx: CallContext, security: Security):
         self.ctx = ctx
         self.table = openai_api.VoiceTable(ctx.voices, ctx.settings.openai_voices)
         self._security = security
@@ -157,7 +158,7 @@ def _error_response(exc: SpeakstreamError, headers: dict) -> Response:
 class SpeechEndpoint:
     """POST /v1/audio/speech as a raw ASGI app: the call holds its admission place while it streams."""
 
-    def __init__(self, ctx: calls.DoorContext, table: openai_api.VoiceTable):
+    def __init__(self, ctx: CallContext, table: openai_api.VoiceTable):
         self._ctx = ctx
         self._table = table
 
@@ -193,7 +194,7 @@ class SpeechEndpoint:
         chunks: Optional[AsyncIterator[OutputChunk]] = None
         try:
             request = openai_api.parse_speech(body, self._ctx, self._table)
-            chunks = calls.text_chunks(self._ctx, request.options, call.request_id, call)
+            chunks = text_chunks(self._ctx, request.options, call.request_id, call)
             first = await anext(chunks)  # errors before any audio still get their own status
         except SpeakstreamError as exc:
             if chunks is not None:

@@ -18,6 +18,7 @@ import json
 import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.calls import CallContext, live_chunks
 from server.doors import calls
 from server.doors.status import Unauthenticated, http_status
 from server.encoding import Encoding
@@ -46,7 +47,7 @@ _GONE = object()
 class LiveEndpoint:
     """Serves /v1/audio/live: one live call per connection."""
 
-    def __init__(self, ctx: calls.DoorContext):
+    def __init__(self, ctx: CallContext):
         self._ctx = ctx
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -111,7 +112,7 @@ class LiveEndpoint:
             "max_chars": self._ctx.settings.max_chars}))
         samples = 0
         try:
-            async for chunk in calls.live_chunks(self._ctx, options, start.segmenter, requests,
+            async for chunk in live_chunks(self._ctx, options, start.segmenter, requests,
                                                  call.request_id, call):
                 samples += chunk.num_samples
                 await _send_chunk(websocket, chunk, options.client_rate)
@@ -131,7 +132,7 @@ class _Start:
         self.options, self.segmenter, self.format = options, segmenter, format
 
     @classmethod
-    def parse(cls, frame: dict, ctx: calls.DoorContext) -> "_Start":
+    def parse(cls, frame: dict, ctx: CallContext) -> "_Start":
         """Every field of the start frame, checked as SynthesizeLive checks its config."""
         fmt = calls.string(frame, "format", "pcm")
         if fmt not in FORMATS:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from server.config import Settings
+from server.calls import CallContext
 from server.doors import calls
 from server.encoding import Encoding
 from server.errors import InvalidArgument, NotFound, SpeakstreamError, VoiceLoadError
@@ -104,7 +105,7 @@ class SpeechRequest:
         return SSE_CONTENT_TYPE if self.stream_format == "sse" else FORMATS[self.response_format][1]
 
 
-def parse_speech(body: bytes, ctx: calls.DoorContext, table: VoiceTable) -> SpeechRequest:
+def parse_speech(body: bytes, ctx: CallContext, table: VoiceTable) -> SpeechRequest:
     """Check every field of a request body; InvalidArgument / NotFound / TextTooLong name the field."""
     data = _json_object(body)
     model = calls.string(data, "model")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from server import transport
+from server.calls import CallContext
 from server.config import Settings
 from server.security import Security
 
@@ -54,9 +55,7 @@ async def start_doors(app, security: Security, parts: AsyncExitStack) -> Doors:
     settings = app.settings
     if settings.http_port is None and settings.wyoming_port is None:
         return doors
-    from server.doors.calls import DoorContext
-
-    ctx = DoorContext(settings, app.voices, app.synthesizer, app.scheduler, app.metrics, security.auth)
+    ctx = CallContext(settings, app.voices, app.synthesizer, app.scheduler, app.metrics, security.auth)
     if settings.http_port is not None:
         from server.doors.http import HttpDoor
 

@@ -32,11 +32,11 @@ from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from server import transport
+from server.calls import CallContext, live_chunks, text_chunks
 from server.doors import calls
 from server.doors.listen import listen
 from server.encoding import Encoding
 from server.errors import InvalidArgument, NotFound, SpeakstreamError
-from server.metrics import CallRecord
 from server.output import OutputChunk
 from server.voices import Voice
 
@@ -59,7 +59,7 @@ class FrameError(InvalidArgument):
 class WyomingDoor:
     """The Wyoming TCP server on --host:--wyoming-port."""
 
-    def __init__(self, ctx: calls.DoorContext):
+    def __init__(self, ctx: CallContext):
         self.ctx = ctx
         self.port: Optional[int] = None
         self._server: Optional[asyncio.base_events.Server] = None
@@ -115,7 +115,7 @@ class WyomingDoor:
 class _Connection:
     """One client connection: events in order; a request's audio is written while more events are read."""
 
-    def __init__(self, ctx: calls.DoorContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, ctx: CallContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self._ctx, self._reader, self._writer = ctx, reader, writer
         self._task: Optional[asyncio.Task] = None  # the request being spoken
         self._stream: Optional[calls.LiveInput] = None  # open between synthesize-start and -stop
@@ -193,10 +193,10 @@ class _Connection:
             try:
                 options = _options(self._ctx, event, streamed=stream is not None)
                 if stream is None:
-                    chunks = calls.text_chunks(self._ctx, options, call.request_id, call)
+                    chunks = text_chunks(self._ctx, options, call.request_id, call)
                 else:
                     segmenter = calls.live_segmenter(None, None)
-                    chunks = calls.live_chunks(self._ctx, options, segmenter, stream, call.request_id, call)
+                    chunks = live_chunks(self._ctx, options, segmenter, stream, call.request_id, call)
                 await self._audio(chunks, options.client_rate)
             except SpeakstreamError as exc:
                 call.status = exc.code.name
@@ -229,7 +229,7 @@ class _Connection:
         self._writer.close()
 
 
-def _options(ctx: calls.DoorContext, event: Event, streamed: bool):
+def _options(ctx: CallContext, event: Event, streamed: bool):
     """The request's options: its voice (by name, else by language, else the default) and speaker."""
     data = event.data if isinstance(event.data, dict) else {}
     text = "" if streamed else calls.string(data, "text", "")
@@ -249,7 +249,7 @@ def _options(ctx: calls.DoorContext, event: Event, streamed: bool):
     return calls.synthesis_options(ctx, knobs, live_text=streamed)
 
 
-def _voice(ctx: calls.DoorContext, name: Optional[str], language: Optional[str]) -> Voice:
+def _voice(ctx: CallContext, name: Optional[str], language: Optional[str]) -> Voice:
     if name:
         return ctx.voices.get(name)
     if language:
@@ -260,7 +260,7 @@ def _voice(ctx: calls.DoorContext, name: Optional[str], language: Optional[str])
     return ctx.voices.default
 
 
-def info(ctx: calls.DoorContext) -> Info:
+def info(ctx: CallContext) -> Info:
     """describe's answer: one TTS program listing every voice and its speakers."""
     voices = []
     for voice in ctx.voices:
