@@ -21,7 +21,7 @@ import wave
 import numpy as np
 import pytest
 
-from bench.paced_device import PacedFileDevice
+from bench.paced_device import PacedFileDevice, raise_priority
 from clients.player import Player, PlayerConfig
 from speakstream.v1 import synthesizer_pb2 as pb
 from tests.test_playback import fake_pyaudio
@@ -34,6 +34,10 @@ _DETERMINISTIC = ("--noise-scale", "0", "--noise-w", "0")
 _WITHOUT_PYAUDIO = ("-c", "import sys; sys.modules['pyaudio'] = None; "
                     "from clients.say import main; sys.exit(main(sys.argv[1:]))")
 _BOUND_S = 0.030  # issue 17: each caption within 30 ms of the device receiving the word's first sample
+# The timed tests give the child and the measuring threads a higher priority where allowed
+# (raise_priority: real-time, else nice -10): on a two-core machine whose cores other jobs kept
+# busy, ordinary threads woke 40-60 ms late now and then, in the child or in the measurement, and
+# a lower nice value does not outrank other containers' work.
 
 
 async def _say(*args, stdin: bytes | None = None, python_args=_WITHOUT_PYAUDIO):
@@ -162,6 +166,7 @@ class _Lines:
         self._thread.start()
 
     def _read(self):
+        raise_priority(threading.get_native_id())
         for line in iter(self._stream.readline, b""):
             self.lines.append((time.monotonic(), line.decode().rstrip("\n")))
 
@@ -188,15 +193,17 @@ async def test_captions_are_printed_within_30_ms_of_the_device_receiving_each_wo
     """The issue's bound, through PyAudio -> PortAudio -> ALSA -> the paced device. The text goes in
     three calls, so the words' places in the whole audio (silence between calls included) are
     on trial too. A prebuffer longer than the audio starts the device once every call is done:
-    the server (in this process) is then idle and does not delay the device's own clock."""
+    the server (in this process) is then idle and does not delay the device's own clock. The
+    child and the measuring threads ask for a higher priority (see raise_priority above)."""
     text = "Good evening. The ferry to the island leaves at seven, and the last one returns at ten."
     out, words_file = tmp_path / "out.wav", tmp_path / "words.json"
-    with PacedFileDevice(tmp_path) as device:
+    with PacedFileDevice(tmp_path, prioritized=True) as device:
         process = subprocess.Popen(
             [sys.executable, "-m", "clients.say", "--server", app.address, *_DETERMINISTIC, "--captions",
              "--prebuffer-ms", "8000", "--max-prebuffer-ms", "8000", "--max-chars-per-call", "40",
              "--play", "-o", str(out), "--timestamps", str(words_file), "--stats-json", text],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=device.env())
+        raise_priority(process.pid)  # before the child starts a thread: they inherit it
         captions = _Lines(process.stdout)
         err = await asyncio.to_thread(process.stderr.read)
         assert await asyncio.to_thread(process.wait, _TIMEOUT) == 0, err.decode()
@@ -213,19 +220,22 @@ async def test_captions_are_printed_within_30_ms_of_the_device_receiving_each_wo
     assert played[lead:lead + len(pcm)] == pcm  # every sample reached the device
     late = [(w["word"], round(1000 * (printed - _received_at(reads, lead + 2 * w["start_sample"])), 1))
             for (printed, _), w in zip(captions.lines, words)]
-    assert all(abs(ms) <= 1000 * _BOUND_S for _, ms in late), late
+    assert all(abs(ms) <= 1000 * _BOUND_S for _, ms in late), " ".join(f"{word}:{ms}" for word, ms in late)
 
 
 @pytest.mark.slow
 async def test_ctrl_c_during_playback_prints_what_the_device_had_played(app, tmp_path):
-    text = "The lighthouse keeper climbed the stairs every night, and the lamp was lit. " * 8
+    """As above, the device starts once the call is done (the prebuffer), so the device's bytes
+    are the file's, after PortAudio's priming: no underrun's silence in between."""
+    text = "The lighthouse keeper climbed the stairs every night, and the lamp was lit for the boats."
     shown = 6  # captions to see before Ctrl-C
     out, words_file = tmp_path / "out.wav", tmp_path / "words.json"
-    with PacedFileDevice(tmp_path) as device:
+    with PacedFileDevice(tmp_path, prioritized=True) as device:
         process = subprocess.Popen(
-            [sys.executable, "-m", "clients.say", "--server", app.address, "--captions", "--play", "-o", str(out),
-             "--timestamps", str(words_file), text], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=device.env())
+            [sys.executable, "-m", "clients.say", "--server", app.address, "--captions", "--prebuffer-ms", "8000",
+             "--max-prebuffer-ms", "8000", "--play", "-o", str(out), "--timestamps", str(words_file), text],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=device.env())
+        raise_priority(process.pid)  # before the child starts a thread: they inherit it
         captions = [await asyncio.to_thread(process.stdout.readline) for _ in range(shown)]
         signalled_at = time.monotonic()
         process.send_signal(signal.SIGINT)
@@ -321,7 +331,7 @@ def test_the_players_clock_follows_the_paced_device_across_an_underrun(tmp_path,
     frames after it are heard when the device receives them, not one gap too early."""
     first, second = _tone(int(0.4 * _RATE)), _tone(int(0.6 * _RATE))
     gap_bytes = 2 * _RATE // 2
-    with PacedFileDevice(tmp_path, sample_rate=_RATE) as device:
+    with PacedFileDevice(tmp_path, sample_rate=_RATE, prioritized=True) as device:
         monkeypatch.setenv("HOME", str(device.home))
         with Player(PlayerConfig(prebuffer_ms=100)) as player:
             player.open(_RATE)
