@@ -203,7 +203,7 @@ async def test_captions_are_printed_within_30_ms_of_the_device_receiving_each_wo
              "--prebuffer-ms", "8000", "--max-prebuffer-ms", "8000", "--max-chars-per-call", "40",
              "--play", "-o", str(out), "--timestamps", str(words_file), "--stats-json", text],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=device.env())
-        raise_priority(process.pid)  # before the child starts a thread: they inherit it
+        priority = raise_priority(process.pid)  # before the child starts a thread: they inherit it
         captions = _Lines(process.stdout)
         err = await asyncio.to_thread(process.stderr.read)
         assert await asyncio.to_thread(process.wait, _TIMEOUT) == 0, err.decode()
@@ -220,7 +220,8 @@ async def test_captions_are_printed_within_30_ms_of_the_device_receiving_each_wo
     assert played[lead:lead + len(pcm)] == pcm  # every sample reached the device
     late = [(w["word"], round(1000 * (printed - _received_at(reads, lead + 2 * w["start_sample"])), 1))
             for (printed, _), w in zip(captions.lines, words)]
-    assert all(abs(ms) <= 1000 * _BOUND_S for _, ms in late), " ".join(f"{word}:{ms}" for word, ms in late)
+    assert all(abs(ms) <= 1000 * _BOUND_S for _, ms in late), (
+        f"priority {priority}: " + " ".join(f"{word}:{ms}" for word, ms in late))
 
 
 @pytest.mark.slow
