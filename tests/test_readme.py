@@ -2,8 +2,8 @@
 
 Each ```sh block runs from the repository root, its lines one after another
 (`bash -c`), against servers the block starts itself (`make serve &`), with
-the ports made free ones: 50051 and 9464 in the text become ports picked
-here, `make serve` gets `--port`, and SPEAKSTREAM_ADDRESS points the clients
+the ports made free ones: 50051, 9464, 8000 and 10200 in the text (as
+host:port or after a --*-port flag) become ports picked here, `make serve` gets `--port`, and SPEAKSTREAM_ADDRESS points the clients
 at it. A line ending in `&` starts in the background and the block goes on
 once the server has printed its ready line; `kill %1` stops it (SIGTERM, as
 the shell's job control would) and the server must exit; a `make serve` in
@@ -34,7 +34,9 @@ pytestmark = pytest.mark.slow
 
 _REPO = Path(__file__).resolve().parents[1]
 _README = _REPO / "README.md"
-_SERVER_PORT, _METRICS_PORT = "50051", "9464"
+_SERVER_PORT = "50051"
+# Ports the README names (the server's, --metrics-port's, the doors'): each becomes a free one.
+_DOC_PORTS = (_SERVER_PORT, "9464", "8000", "10200")
 _LINE_TIMEOUT_S = 300
 _READY = "speakstream listening on "
 _DRY_RUN = {"make test": "the command running this test", "make bench": "minutes of measuring"}
@@ -72,7 +74,8 @@ class _Block:
     """One README block's run: its ports, environment, background server, and the files it made."""
 
     def __init__(self, device: PacedFileDevice):
-        self.port, self.metrics_port = _free_port(), _free_port()
+        self.ports = {port: _free_port() for port in _DOC_PORTS}
+        self.port = self.ports[_SERVER_PORT]
         self.env = device.env() | {
             "SPEAKSTREAM_ADDRESS": f"127.0.0.1:{self.port}",
             # HOME is the sound device's; the voices' split graphs stay in the real cache.
@@ -83,7 +86,8 @@ class _Block:
 
     def command(self, line: str) -> str:
         """The line with this block's ports, and `make serve` told to use them."""
-        line = line.replace(_SERVER_PORT, self.port).replace(_METRICS_PORT, self.metrics_port)
+        for documented, free in self.ports.items():  # as host:port or a --*-port flag's value only
+            line = re.sub(rf"(?<=:){documented}\b|(?<=port ){documented}\b", free, line)
         match = re.search(r'make serve(?: ARGS="([^"]*)")?', line)
         if match:
             args = f'{match.group(1) or ""} --port {self.port}'.strip()
