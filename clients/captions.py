@@ -38,7 +38,6 @@ class Captions:
         self._changed = threading.Condition()
         self._closed = False  # no more words will come
         self._stopped = False
-        self.printed = 0
         self._thread = threading.Thread(target=self._run, name="speakstream-captions", daemon=True)
         self._thread.start()
 
@@ -76,7 +75,6 @@ class Captions:
             except BrokenPipeError:
                 self._on_broken_pipe()
                 return
-            self.printed += 1
             index += 1
 
     def _next_word(self, index: int):
