@@ -206,7 +206,8 @@ async def test_a_cancel_through_nginx_stops_the_servers_inference(fleet, nginx):
 
 
 async def _load_and_signal(fleet: Fleet, path: str, victim: int, sig: int, prefix: str):
-    """Steady load at concurrency 8 through `path`; `sig` to server `victim` while it has calls in flight;
+    """Steady load at concurrency 8 through `path`; `sig` to server `victim` while it has calls in flight,
+    a stream among them;
     the load goes on until _CALLS_AFTER calls started after the server exited have ended.
 
     Returns (outcomes, when the signal was sent, when the server had exited, its exit code).
@@ -216,7 +217,10 @@ async def _load_and_signal(fleet: Fleet, path: str, victim: int, sig: int, prefi
         load.start()
         try:
             await load.wait_for(lambda done: sum(o.code == grpc.StatusCode.OK for o in done) >= _CONCURRENCY)
-            await wait_stats(fleet.addresses[victim], lambda s: s.requests.in_flight >= 2)
+            # A stream among them: its headers are out, so it cannot be retried (a unary call in
+            # flight has sent none yet, and a balancer takes it elsewhere, as it should).
+            await wait_stats(fleet.addresses[victim], lambda s: s.requests.in_flight >= 2 and any(
+                r.in_flight for r in s.requests.rpcs if r.method in ("SynthesizeStream", "SynthesizeLive")))
             signalled = time.monotonic()
             fleet.signal(victim, sig)
             code = await asyncio.to_thread(fleet.wait_exit, victim)
@@ -236,25 +240,39 @@ def _check_streams_whole(outcomes: list[Outcome]) -> None:
 
 @pytest.mark.parametrize("path", ["nginx", "round_robin"])
 async def test_sigkill_loses_only_the_calls_the_killed_server_had_answered(fleet, path):
+    # The kill is aimed at a moment the victim has a stream in flight, but a short stream can end
+    # between the Stats snapshot and the signal; then nothing was lost and the kill is tried again.
+    for attempt in range(_KILL_ATTEMPTS):
+        lost = await _kill_under_load(fleet, path, f"kill-{path}-{attempt}")
+        if lost:
+            return
+    pytest.fail(f"no call was in flight on the killed server in {_KILL_ATTEMPTS} kills")
+
+
+_KILL_ATTEMPTS = 3
+
+
+async def _kill_under_load(fleet: Fleet, path: str, prefix: str) -> list[Outcome]:
+    """SIGKILL server 0 under load; checks every outcome; returns the calls lost."""
     victim = 0
     try:
-        outcomes, signalled, exited, code = await _load_and_signal(fleet, path, victim, signal.SIGKILL, f"kill-{path}")
+        outcomes, signalled, exited, code = await _load_and_signal(fleet, path, victim, signal.SIGKILL, prefix)
     finally:
         fleet.restart(victim)
     assert code == -signal.SIGKILL
     served = fleet.served()
     lost = [o for o in outcomes if o.code != grpc.StatusCode.OK]
     # No call hangs: each ended OK or as a call cut off with its server (60 s deadlines: a hang would show).
-    if path == "nginx":  # nginx resets the client's stream when its server's connection breaks mid-answer
-        # (RST_STREAM INTERNAL_ERROR); once, a SynthesizeLive call got nginx's 502 (UNAVAILABLE) instead.
-        assert all(o.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in o.details
+    # The lost calls are ones the victim had in flight: started before the kill, logged by no server.
+    assert all(o.started < signalled and o.request_id not in served for o in lost), lost
+    if path == "nginx":
+        # One that had its headers is reset (RST_STREAM INTERNAL_ERROR); one without gets nginx's 502
+        # (UNAVAILABLE): nginx streams a gRPC request body upstream as it comes, so it cannot send it again.
+        assert all(o.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in o.details and o.headers_at is not None
                    or o.code == grpc.StatusCode.UNAVAILABLE and "502" in o.details for o in lost), lost
     else:
-        assert all(o.code == grpc.StatusCode.UNAVAILABLE for o in lost), lost
-    # The lost calls are exactly the ones the victim was answering: started before the kill, answered
-    # (headers received, so no balancer may send them again) and logged by no server.
-    assert lost, "no call was in flight on the killed server"
-    assert all(o.started < signalled and o.headers_at is not None and o.request_id not in served for o in lost)
+        # UNAVAILABLE, and only calls past their headers: the channel sent the others again elsewhere.
+        assert all(o.code == grpc.StatusCode.UNAVAILABLE and o.headers_at is not None for o in lost), lost
     assert all(o.request_id in served for o in outcomes if o.code == grpc.StatusCode.OK)
     # Every call that ended OK ran once, on one server; every call started after the kill went elsewhere.
     for o in outcomes:
@@ -264,11 +282,14 @@ async def test_sigkill_loses_only_the_calls_the_killed_server_had_answered(fleet
     after = [o for o in outcomes if o.started > exited]
     assert len(after) >= _CALLS_AFTER and all(o.code == grpc.StatusCode.OK for o in after)
     _check_streams_whole(outcomes)
-    if path == "nginx":  # nginx tried no lost call anywhere else, and retried the refused ones
+    if path == "nginx":  # nginx tried no lost call anywhere else; one it sent to the dead server
+        # (refused) it tried again elsewhere, with success. Whether any was sent there depends on
+        # how soon nginx marked the server down after the first failure.
         log = _access_log(fleet)
         assert all(log[o.request_id]["upstream"] == fleet.addresses[victim] for o in lost)
         retried = [o for o in after if log[o.request_id]["upstream"].startswith(fleet.addresses[victim] + ", ")]
-        assert retried and all(log[o.request_id]["grpc-status"] == "0" for o in retried)
+        assert all(log[o.request_id]["grpc-status"] == "0" for o in retried)
+    return lost
 
 
 @pytest.mark.parametrize("path", ["nginx", "round_robin"])
