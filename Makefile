@@ -52,8 +52,14 @@ install: $(STAMP)
 serve: $(if $(wildcard $(STAMP)),$(STAMP),$(SERVE_STAMP))
 	$(VENV)/bin/speakstream-server $(ARGS)
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The lint and type gate (pyproject.toml: [tool.ruff], [tool.mypy]); make test runs it first.
+.PHONY: lint
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The Node client's pinned packages and buf (clients/node/package-lock.json),
 # for tests/test_node_client.py and tests/test_contract.py.

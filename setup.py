@@ -25,8 +25,8 @@ class BuildPackageProtos(Command):
 
     def run(self):
         # Imported here: grpcio-tools is a build requirement, not a runtime one.
-        from grpc_tools import protoc
         import grpc_tools
+        from grpc_tools import protoc
 
         protos = sorted(str(p.relative_to(_PROTO_ROOT)) for p in _PROTO_ROOT.rglob("*.proto"))
         well_known = str(Path(grpc_tools.__file__).parent / "_proto")

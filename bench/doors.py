@@ -33,12 +33,11 @@ import grpc
 from wyoming.client import AsyncTcpClient
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.floor import Floor
 from bench.server_process import ServerProcess
 from bench.texts import TEXTS
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 RATE = 24_000
 TEXT = TEXTS["medium"]

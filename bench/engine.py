@@ -22,9 +22,6 @@ import time
 
 import numpy as np
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.floor import Floor
 from bench.server_process import ServerProcess
 from bench.texts import TEXTS
@@ -34,6 +31,8 @@ from server.engine import plan_windows
 from server.frontend import Frontend
 from server.inference import Scales
 from server.pool import VoiceSessions
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 GREETING = "Hello there. How can I help you today?"
 _TIMEOUT_S = 120
@@ -55,7 +54,8 @@ def window_snr(floor: Floor) -> dict:
             windows = plan_windows(encoded.frames, first, settings.window_frames)
             audio = np.concatenate([split.decode(encoded, a, b) for a, b in windows])
             noise = float(np.sum((audio.astype(np.float64) - reference) ** 2))
-            snr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference.astype(np.float64) ** 2)) / noise)
+            power = float(np.sum(reference.astype(np.float64) ** 2))
+            snr = float("inf") if noise == 0 else 10 * np.log10(power / noise)
             worst = min(worst, snr)
         out[name] = worst
     return out

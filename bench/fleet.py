@@ -18,13 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.server_section import bench_load, one_call
 from bench.texts import TEXTS
 from clients.channel import Connection, open_aio_channel
 from deploy.fleet import SMALL_SERVER_ARGS, Fleet, find_nginx
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 SIZES = (1, 2, 3)
 CONCURRENCY = 8

@@ -14,7 +14,6 @@ from bench.texts import TEXTS
 from server.frontend import Frontend
 from server.voices import bundled_voice
 
-
 FLOOR_MAX_PHONEMES = 100
 FLOOR_FIRST_PHONEMES = 40
 

@@ -44,13 +44,12 @@ from typing import Optional
 
 import numpy as np
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.floor import Floor
 from bench.server_process import ServerProcess
 from clients.channel import Connection, open_aio_channel
 from server.live import DEFAULT_MAX_PENDING_MS, LiveSegmenter
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 REPLY = (
     "Sure, I can help with that. Your appointment with Dr. Patel is on Thursday at half past three. "

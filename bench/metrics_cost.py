@@ -11,11 +11,10 @@ import urllib.request
 
 import grpc
 
-from speakstream.v1 import stats_pb2, stats_pb2_grpc
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.server_process import ServerProcess
 from bench.server_section import bench_load
+from speakstream.v1 import stats_pb2, stats_pb2_grpc
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 
 async def _observe(channel, metrics_port: int, stop: asyncio.Event) -> None:

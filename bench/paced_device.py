@@ -68,7 +68,7 @@ class PacedFileDevice:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def __enter__(self) -> "PacedFileDevice":
+    def __enter__(self) -> PacedFileDevice:
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.fifo.exists():
             os.mkfifo(self.fifo)

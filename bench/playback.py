@@ -37,14 +37,13 @@ from typing import Optional
 
 import grpc
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.paced_device import PacedFileDevice
 from bench.texts import TEXTS
 from clients.player import DEFAULT_MAX_PREBUFFER_MS, DEFAULT_PREBUFFER_MS
 from server.app import start
 from server.config import Settings
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 SHORT_TEXT = TEXTS["short"]
 # About 12 s of speech: several sentences, the first with a clause boundary.

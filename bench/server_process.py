@@ -28,7 +28,7 @@ class ServerProcess:
         self.doors: dict[str, str] = {}
         """The other doors' addresses ("http", "wyoming" -> host:port), from the lines before the ready line."""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING", *self._args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
@@ -93,7 +93,7 @@ class PeakSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 

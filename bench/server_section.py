@@ -13,12 +13,11 @@ from typing import Optional
 import grpc
 import numpy as np
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.server_process import PeakSampler, ServerProcess
 from bench.texts import SOAK_TEXTS, TEXTS
 from clients.channel import Connection, open_aio_channel
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _CALL_TIMEOUT_S = 120
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import grpc
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from bench.server_process import ServerProcess
 from bench.texts import TEXTS
 from server.voices import bundled_voice
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT_S = 120
 

@@ -20,9 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from clients.sentences import Piece, live_cut
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _LIVE_READ_BYTES = 4096
 _CLOSE = object()  # ends a live call's requests

@@ -241,7 +241,7 @@ class Player:
         except AudioUnavailable:
             return False
 
-    def __enter__(self) -> "Player":
+    def __enter__(self) -> Player:
         self._pyaudio = self._pyaudio_module or _import_pyaudio()
         self._pa, self.device_log = _init_pyaudio(self._pyaudio, self.config.quiet)
         try:
@@ -477,7 +477,7 @@ class Player:
                 self._consumed_one()
         except RingClosed:
             pass  # aborted
-        except BaseException as exc:  # surfaced to the caller by write()/finish()
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the caller by write()/finish()
             self._error = exc
             self._done.set()
         finally:
@@ -501,7 +501,7 @@ class Player:
                 waited += _WRITE_SLICE_S
                 if waited >= _STALL_S:
                     raise AudioUnavailable(
-                        f"the device {self.device.name!r} took no audio for {_STALL_S:.0f} s")
+                        f"the device {self.device.name!r} took no audio for {_STALL_S:.0f} s") from None
         self._frames_written += len(frame) // _BYTES_PER_FRAME
         if self._state != _PLAYING:
             self._rebuffer()
@@ -674,7 +674,7 @@ def _init_pyaudio(pyaudio, quiet: bool):
 def _output_devices(pa) -> list[OutputDevice]:
     try:
         default = pa.get_default_output_device_info()["index"]
-    except (OSError, IOError):
+    except OSError:
         default = -1
     devices = []
     for index in range(pa.get_device_count()):

@@ -1,4 +1,7 @@
-"""speakstream-say: speak text with a speakstream server: aloud, into a file (WAV, FLAC, Ogg/Opus, G.711) or as raw PCM."""
+"""speakstream-say: speak text with a speakstream server.
+
+Aloud, into a file (WAV, FLAC, Ogg/Opus, G.711) or as raw PCM.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional, Sequence, Union
 
 import grpc
-
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 from clients.calls import Call, InputError, LiveCalls, TextCalls
 from clients.captions import Captions, write_timestamps
@@ -33,6 +33,8 @@ from clients.player import (
 )
 from clients.progress import Progress
 from clients.sentences import speakable, split_text
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _PROG = "speakstream-say"
 EXIT_OK = 0

@@ -9,10 +9,9 @@ from typing import Optional, Sequence
 import grpc
 from google.protobuf import json_format
 
+from clients.channel import add_connection_flags, connection_from_args, open_channel
 from speakstream.v1 import stats_pb2 as pb
 from speakstream.v1 import stats_pb2_grpc as pb_grpc
-
-from clients.channel import add_connection_flags, connection_from_args, open_channel
 
 _EXIT_USAGE = 2
 _EXIT_SERVER = 3

@@ -117,7 +117,7 @@ class Nginx:
         """nginx's error log."""
         return self.run_dir / "error.log"
 
-    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> "Nginx":
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> Nginx:
         """Start on a free loopback port and return once a health check through nginx is SERVING."""
         for _ in range(attempts):
             # The port is free when picked; should another process take it before nginx binds,
@@ -194,7 +194,7 @@ class FleetServer(ServerProcess):
         self.port = int(self.address.rpartition(":")[2])
         wait_serving(self.address, service=SYNTHESIZER_SERVICE)
 
-    def __enter__(self) -> "FleetServer":
+    def __enter__(self) -> FleetServer:
         self.start()
         self.wait_ready()
         return self
@@ -237,7 +237,7 @@ class Fleet:
         """Each server's host:port."""
         return [server.address for server in self.servers]
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         self._tmp = tempfile.TemporaryDirectory(prefix="speakstream-fleet-")
         self.run_dir = Path(self._tmp.name)
         try:

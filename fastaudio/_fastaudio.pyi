@@ -7,8 +7,14 @@ from typing_extensions import Buffer
 
 from fastaudio._errors import (
     FastAudioError as FastAudioError,
+)
+from fastaudio._errors import (
     PoolExhausted as PoolExhausted,
+)
+from fastaudio._errors import (
     RingClosed as RingClosed,
+)
+from fastaudio._errors import (
     RingFull as RingFull,
 )
 

@@ -13,8 +13,6 @@ from typing import Optional
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesizer_pb2_grpc
-
 from server import transport
 from server.calls import CallContext
 from server.config import Settings
@@ -24,7 +22,6 @@ from server.gpu import GpuMonitor
 from server.memory import tune_malloc
 from server.metrics import Metrics
 from server.pool import SessionPool
-from server.trim import IdleTrimmer
 from server.prometheus import PrometheusExporter
 from server.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME, enable_reflection
 from server.scheduler import Scheduler
@@ -32,7 +29,9 @@ from server.security import Security, load_security
 from server.service import SynthesizerServicer
 from server.stats import SnapshotBuilder, StatsServicer
 from server.synthesis import Synthesizer
+from server.trim import IdleTrimmer
 from server.voices import VoiceRegistry
+from speakstream.v1 import stats_pb2, stats_pb2_grpc, synthesizer_pb2, synthesizer_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ class GpuMonitor:
             return GpuReading(available=False, reason=self._reason)
         try:
             devices = tuple(_device(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
-        except Exception as exc:  # NVMLError: a GPU fell off the bus, the driver went away
+        except Exception as exc:  # noqa: BLE001 - NVMLError: a GPU fell off the bus, the driver went away
             return GpuReading(available=False, reason=f"NVML error: {exc}")
         if not devices:
             return GpuReading(available=False, reason="no GPU: NVML reports no devices")
@@ -62,7 +62,7 @@ class GpuMonitor:
             if self._nvml is not None:
                 try:
                     self._nvml.nvmlShutdown()
-                except Exception:  # shutting down anyway
+                except Exception:  # noqa: BLE001 - shutting down anyway
                     pass
                 self._nvml = None
                 self._reason = "NVML shut down"
@@ -81,7 +81,7 @@ def _start_nvml():
         return None, "no GPU: nvidia-ml-py (pynvml) is not installed"
     try:
         pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, _DriverNotLoaded, ...
         _LOGGER.debug("NVML unavailable: %s", exc)
         return None, f"no GPU: NVML unavailable ({exc})"
     return pynvml, ""

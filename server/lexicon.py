@@ -208,7 +208,7 @@ class LexiconFile:
         self._built: dict[str, Optional[Lexicon]] = {}
 
     @classmethod
-    def load(cls, path: Path) -> "LexiconFile":
+    def load(cls, path: Path) -> LexiconFile:
         """Read and parse `path`; LexiconFileError names the line."""
         try:
             content = Path(path).read_text(encoding="utf-8")

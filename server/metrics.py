@@ -20,11 +20,10 @@ from typing import Callable, Iterable, Optional
 
 import grpc
 
-from speakstream.v1 import synthesizer_pb2
-
 from server.changes import Changes
 from server.errors import SpeakstreamError
 from server.requestlog import log_request
+from speakstream.v1 import synthesizer_pb2
 
 _LOGGER = logging.getLogger(__name__)
 

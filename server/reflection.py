@@ -34,7 +34,7 @@ _V1_FILE_NAME = "grpc/reflection/v1/reflection.proto"
 _METHOD = "ServerReflectionInfo"
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> "ReflectionServicer":
+def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> ReflectionServicer:
     """Serve reflection (v1alpha and v1) for `service_names` and both reflection services.
 
     :param service_names: fully-qualified names of the services the server runs;
@@ -127,8 +127,8 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):
             numbers = sorted(ext.number for ext in self._pool.FindAllExtensions(message))
         except KeyError:
             return _error(request, grpc.StatusCode.NOT_FOUND, f"message type {containing_type} not found")
-        return pb.ServerReflectionResponse(original_request=request, all_extension_numbers_response=pb.ExtensionNumberResponse(
-            base_type_name=message.full_name, extension_number=numbers))
+        numbers_response = pb.ExtensionNumberResponse(base_type_name=message.full_name, extension_number=numbers)
+        return pb.ServerReflectionResponse(original_request=request, all_extension_numbers_response=numbers_response)
 
     def _service_file(self, service_name: str) -> Optional[FileDescriptor]:
         try:
@@ -222,7 +222,7 @@ def _error(request, code: grpc.StatusCode, message: str) -> pb.ServerReflectionR
         original_request=request, error_response=pb.ErrorResponse(error_code=code.value[0], error_message=message))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _v1_reflection_file() -> FileDescriptor:
     """grpc/reflection/v1/reflection.proto: the v1alpha file under the v1 package, in a pool of its own."""
     proto = descriptor_pb2.FileDescriptorProto()

@@ -27,7 +27,7 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _TEXT_KEYS = {"request_id": "id"}  # shorter in the text line
 
 
-def log_request(call: "CallRecord", status: str, ended: float) -> None:
+def log_request(call: CallRecord, status: str, ended: float) -> None:
     """Log the finished `call` at INFO (cheap when INFO is off)."""
     if not REQUEST_LOGGER.isEnabledFor(logging.INFO):
         return
@@ -37,7 +37,7 @@ def log_request(call: "CallRecord", status: str, ended: float) -> None:
     REQUEST_LOGGER.info("request %s", text, extra={"request": fields})
 
 
-def request_fields(call: "CallRecord", status: str, ended: float) -> dict:
+def request_fields(call: CallRecord, status: str, ended: float) -> dict:
     """The logged fields of a finished call, in order."""
     ttfa = call.first_audio_at
     return {

@@ -224,7 +224,7 @@ class Scheduler:
         try:
             result, run_s = await asyncio.get_running_loop().run_in_executor(
                 self._executor, _timed, job.run, job.run_options)
-        except Exception as exc:  # delivered to the call that owns the job
+        except Exception as exc:  # noqa: BLE001 - delivered to the call that owns the job
             self.counters.runs_failed += not job.run_options.terminate
             _settle(job, exc=exc)
         else:

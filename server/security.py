@@ -128,7 +128,8 @@ def _load_tls(cert: Path, key: Path, client_ca: Optional[Path]) -> TlsMaterial:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
     except ssl.SSLError as exc:
-        raise SecurityConfigError(f"tls_key: {key} is not the key of {cert}, or either is malformed ({exc.reason})") from exc
+        raise SecurityConfigError(
+            f"tls_key: {key} is not the key of {cert}, or either is malformed ({exc.reason})") from exc
     ca_pem = None
     if client_ca is not None:
         ca_pem = _read(client_ca, "tls_client_ca")
@@ -136,7 +137,8 @@ def _load_tls(cert: Path, key: Path, client_ca: Optional[Path]) -> TlsMaterial:
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=client_ca)
         except ssl.SSLError as exc:
-            raise SecurityConfigError(f"tls_client_ca: {client_ca}: not a CA certificate bundle ({exc.reason})") from exc
+            raise SecurityConfigError(
+                f"tls_client_ca: {client_ca}: not a CA certificate bundle ({exc.reason})") from exc
     return TlsMaterial(private_key=key_pem, certificate_chain=cert_pem, client_ca=ca_pem)
 
 

@@ -12,9 +12,6 @@ from typing import AsyncIterator, Optional
 
 import grpc
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from server import live, transport
 from server import options as opts
 from server.calls import CallContext, live_chunks, logged_ignored, text_chunks
@@ -27,6 +24,8 @@ from server.output import OutputChunk, encode_pieces, stream_words
 from server.synthesis import AudioPiece, Synthesizer
 from server.timings import Timestamps, WordTiming
 from server.voices import VoiceRegistry
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -19,15 +19,14 @@ from typing import AsyncIterator, Callable, Optional
 
 import grpc
 
-from speakstream.v1 import stats_pb2 as pb
-from speakstream.v1 import stats_pb2_grpc as pb_grpc
-
 from server.cache import AudioCache
 from server.gpu import GpuMonitor
 from server.memory import peak_rss_bytes, rss_bytes
 from server.metrics import GRPC_DOOR, SYNTHESIZER_RPCS, Histogram, Metrics
 from server.pool import SessionPool
 from server.scheduler import Scheduler
+from speakstream.v1 import stats_pb2 as pb
+from speakstream.v1 import stats_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 

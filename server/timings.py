@@ -48,7 +48,7 @@ class WordTiming:
     end: int
     phonemes: tuple[PhonemeTiming, ...] = ()
 
-    def moved(self, offset: int, scale: float = 1.0) -> "WordTiming":
+    def moved(self, offset: int, scale: float = 1.0) -> WordTiming:
         """The same timing `offset` samples later, then scaled to another rate (rounded)."""
         def at(sample: int) -> int:
             return round((sample + offset) * scale)

@@ -53,7 +53,8 @@ class IdleTrimmer:
         scheduler = self._scheduler
         trimmed_after = scheduler.counters.runs_started  # start-up already trimmed (app.start)
         while True:
-            await scheduler.wait_until(lambda: scheduler.idle and scheduler.counters.runs_started != trimmed_after)
+            await scheduler.wait_until(
+                lambda after=trimmed_after: scheduler.idle and scheduler.counters.runs_started != after)
             seen = scheduler.counters.runs_started
             await asyncio.sleep(self._idle_s)  # a timer, not synchronisation: quiet for idle_s?
             if scheduler.idle and scheduler.counters.runs_started == seen:

@@ -36,7 +36,7 @@ class VoiceConfig:
     quality: str = ""
 
     @classmethod
-    def from_json(cls, data: dict) -> "VoiceConfig":
+    def from_json(cls, data: dict) -> VoiceConfig:
         """Parse Piper's voice config; raise ValueError naming what is wrong."""
         phoneme_type = data.get("phoneme_type", "espeak")
         if phoneme_type != "espeak":
@@ -69,7 +69,7 @@ class Voice:
     config: VoiceConfig
 
     @classmethod
-    def from_files(cls, model_path: Path, name: Optional[str] = None) -> "Voice":
+    def from_files(cls, model_path: Path, name: Optional[str] = None) -> Voice:
         """Load `model.onnx` + `model.onnx.json`; VoiceLoadError names the bad file."""
         config_path = model_path.with_name(model_path.name + ".json")
         if not model_path.is_file():
@@ -105,7 +105,7 @@ class VoiceRegistry:
         self._default = default
 
     @classmethod
-    def load(cls, voice_dir: Optional[Path] = None, default: str = "") -> "VoiceRegistry":
+    def load(cls, voice_dir: Optional[Path] = None, default: str = "") -> VoiceRegistry:
         """The bundled voice plus every voice in `voice_dir` (bad extra files are skipped)."""
         voices, skipped = [bundled_voice()], {}
         if voice_dir is not None:

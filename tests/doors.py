@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 
 import grpc
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+from voicegen import SPEAKERS, write_voice
 
 from server.config import Settings
-from voicegen import SPEAKERS, write_voice
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 STILL = "joe-still"
 TINY = "tiny"

@@ -67,7 +67,7 @@ class _RecordingStub:
         self._stub = stub
         self.calls: list[_RecordingCall] = []
 
-    def SynthesizeLive(self, **kwargs) -> _RecordingCall:  # noqa: N802 (the stub's method name)
+    def SynthesizeLive(self, **kwargs) -> _RecordingCall:
         """Open the call through the real stub."""
         self.calls.append(_RecordingCall(self._stub.SynthesizeLive(**kwargs)))
         return self.calls[-1]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from google.protobuf import descriptor_pb2
-
 from external_tools import REPO, Result, buf_path, run
+from google.protobuf import descriptor_pb2
 
 _PROTOS = REPO / "protos"
 # The contract as last released: a buf image (a FileDescriptorSet) committed with the

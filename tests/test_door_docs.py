@@ -8,7 +8,6 @@ import shlex
 import shutil
 
 import pytest
-
 from doors import door_settings, doors_server
 
 _SECTION = "Other doors: the OpenAI speech API, WebSocket, Wyoming"

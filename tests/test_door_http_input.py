@@ -13,7 +13,6 @@ import ssl
 
 import openai
 import pytest
-
 from doors import TWO_SENTENCES, door_settings, doors_server, http_url, idle
 
 _TIMEOUT = 60
@@ -143,9 +142,12 @@ async def test_abrupt_disconnects_mid_stream_leave_nothing_running(app):
 
 
 async def test_wrong_methods_and_paths_are_refused_plainly(app):
-    status, _, _ = await _exchange(app.doors.http_port, b"GET /v1/audio/speech HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    def get(path: bytes) -> bytes:
+        return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    status, _, _ = await _exchange(app.doors.http_port, get(b"/v1/audio/speech"))
     assert status == 405
-    status, _, _ = await _exchange(app.doors.http_port, b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, _, _ = await _exchange(app.doors.http_port, get(b"/v2/nothing"))
     assert status == 404
     status, _, _ = await _exchange(app.doors.http_port, b"NONSENSE\r\n\r\n")
     assert status == 400
@@ -186,7 +188,8 @@ async def test_https_with_a_token_works(secure_app):
     assert len(audio) > 10_000
 
 
-@pytest.mark.parametrize("authorization", ["", "Authorization: Bearer wrong\r\n", "Authorization: Basic door-token\r\n"])
+@pytest.mark.parametrize("authorization",
+                         ["", "Authorization: Bearer wrong\r\n", "Authorization: Basic door-token\r\n"])
 @pytest.mark.parametrize("path", [_SPEECH, "/v1/models", "/v1/audio/voices"])
 async def test_a_missing_or_wrong_token_is_401_alike(secure_app, authorization, path):
     app, context = secure_app
@@ -199,8 +202,8 @@ async def test_a_missing_or_wrong_token_is_401_alike(secure_app, authorization, 
 
 async def test_the_page_is_open_without_a_token(secure_app):
     app, context = secure_app
-    status, headers, body = await _exchange(app.doors.http_port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                                            context)
+    status, headers, body = await _exchange(
+        app.doors.http_port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", context)
     assert status == 200 and headers["content-type"].startswith("text/html") and b"speakstream" in body
 
 

@@ -13,7 +13,6 @@ import json
 
 import pytest
 import websockets
-
 from doors import STILL, TWO_SENTENCES, door_settings, doors_server, grpc_pcm, http_url, idle
 
 _TIMEOUT = 60

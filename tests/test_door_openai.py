@@ -17,11 +17,10 @@ import av
 import grpc
 import openai
 import pytest
-
-from speakstream.v1 import stats_pb2, stats_pb2_grpc
-
 from doors import STILL, TINY, TWO_SENTENCES, door_settings, doors_server, grpc_pcm, http_url, idle
+
 from server.doors.openai_api import OPENAI_RATE, OPENAI_VOICES
+from speakstream.v1 import stats_pb2, stats_pb2_grpc
 
 TEXT = "Hello there. How are you today?"
 DETERMINISTIC = {"noise_scale": 0, "noise_w": 0}

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from doors import TWO_SENTENCES, door_settings, doors_server, http_url
 
 pytestmark = pytest.mark.slow

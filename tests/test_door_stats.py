@@ -10,12 +10,12 @@ import grpc
 import openai
 import pytest
 import websockets
+from doors import door_settings, doors_server, http_url, idle
 from prometheus_client.parser import text_string_to_metric_families
 from wyoming.client import AsyncTcpClient
 from wyoming.tts import Synthesize
 
 from clients.stats import format_table
-from doors import door_settings, doors_server, http_url, idle
 from speakstream.v1 import stats_pb2, stats_pb2_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc

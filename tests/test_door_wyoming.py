@@ -13,15 +13,13 @@ import asyncio
 import json
 
 import pytest
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from doors import STILL, TINY, TWO_SENTENCES, door_settings, doors_server, grpc_pcm, idle
+from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, \
-    SynthesizeVoice
-
-from doors import STILL, TINY, TWO_SENTENCES, door_settings, doors_server, grpc_pcm, idle
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 _TIMEOUT = 60
 

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from server.resample import StreamResampler, resample
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
-from server.resample import StreamResampler, resample
 
 _TEXT = "Press one for sales. Press two for support. Or stay on the line, and someone will answer shortly."
 _TIMEOUT = 60

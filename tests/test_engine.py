@@ -6,14 +6,11 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-
-from speakstream.v1 import synthesizer_pb2 as pb
+from servers import serving
 
 from server.config import Settings
-
 from server.pool import cuda_options, providers_for
-
-from servers import serving
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
 _LONG_TEXT = " ".join(

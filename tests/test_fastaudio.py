@@ -14,11 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from fastaudio_impls import IMPLEMENTATIONS, is_extension, load
 
 import fastaudio
 from fastaudio import _errors
-
-from fastaudio_impls import IMPLEMENTATIONS, is_extension, load
 
 
 @pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
@@ -383,7 +382,7 @@ def test_fill_frames_seconds_free_frames_and_high_water(fa):
 
 def test_fill_seconds_without_a_sample_rate_raises_value_error(fa):
     with pytest.raises(ValueError, match="sample_rate"):
-        fa.RingBuffer(4, 1).fill_seconds
+        _ = fa.RingBuffer(4, 1).fill_seconds
 
 
 def test_reset_drops_data_zeroes_statistics_and_reopens(fa):

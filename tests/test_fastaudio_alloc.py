@@ -18,8 +18,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from fastaudio_impls import IMPLEMENTATIONS, load
+
 _CYCLES = 10_000
 _SAMPLE_RATE = 22_050
 _FRAME_SAMPLES = 441  # 20 ms at 22,050 Hz

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from fastaudio_impls import load
 
 from bench import fastaudio as bench_fastaudio
-from fastaudio_impls import load
 
 
 def test_benchmark_reports_every_operation_for_both_implementations():

@@ -7,11 +7,10 @@ import importlib
 
 import numpy as np
 import pytest
+from fastaudio_impls import IMPLEMENTATIONS, load
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from fastaudio_impls import IMPLEMENTATIONS, load
 
 
 @pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))

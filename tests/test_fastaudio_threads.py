@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 import pytest
-
 from fastaudio_impls import IMPLEMENTATIONS, load
+
 _JOIN_TIMEOUT = 30.0
 
 
@@ -33,7 +33,7 @@ class _Thread(threading.Thread):
     def run(self):
         try:
             self.result = self._target_fn(*self._args)
-        except BaseException as exc:  # re-raised in the test thread by outcome()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread by outcome()
             self.error = exc
 
     def outcome(self):
@@ -131,9 +131,10 @@ def test_a_blocked_writer_is_woken_by_the_read_not_by_polling(fa):
         ring = fa.RingBuffer(2, 1)
         ring.write(b"ab")
         finished = []
-        writer = _Thread(lambda: finished.append((ring.write(b"c", None), time.monotonic())))
+        writer = _Thread(lambda ring=ring, finished=finished:
+                         finished.append((ring.write(b"c", None), time.monotonic())))
         writer.start()
-        _wait_until(lambda: ring.writer_waiting, "the writer blocks")
+        _wait_until(lambda ring=ring: ring.writer_waiting, "the writer blocks")
         read_at = time.monotonic()
         ring.read_into(bytearray(1))
         writer.outcome()

@@ -18,12 +18,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from server.app import start
 from server.config import Settings
 from server.voices import bundled_voice
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT = 60
 _TEXT = "The first sentence is short. The second sentence follows it. And a third one ends the text."

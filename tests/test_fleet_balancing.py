@@ -15,13 +15,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+from fleet_calls import RPCS, Outcome, SteadyLoad, call, rpc_total, snapshot, wait_stats
 
 from clients.channel import Connection, open_aio_channel
 from deploy.fleet import SMALL_SERVER_ARGS, Fleet, find_nginx
-from fleet_calls import RPCS, Outcome, SteadyLoad, call, rpc_total, snapshot, wait_stats
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,7 +68,8 @@ def _access_log(fleet: Fleet) -> dict[str, dict[str, str]]:
 
 
 async def test_every_rpc_passes_through_nginx_with_the_same_audio(fleet, nginx):
-    async with open_aio_channel(Connection(nginx)) as proxied, open_aio_channel(Connection(fleet.addresses[0])) as direct:
+    async with open_aio_channel(Connection(nginx)) as proxied, \
+            open_aio_channel(Connection(fleet.addresses[0])) as direct:
         for rpc in RPCS:
             through = await call(pb_grpc.SynthesizerStub(proxied), rpc, f"same-{rpc}", **_EXACT)
             straight = await call(pb_grpc.SynthesizerStub(direct), rpc, f"direct-{rpc}", **_EXACT)
@@ -131,7 +131,7 @@ async def test_calls_spread_evenly_over_the_servers(fleet, path):
                                   metadata=(("x-request-id", f"warm-{path}-{n}"),))
         assert _servers_of(fleet, f"warm-{path}-") == {0, 1, 2}
         before = [rpc_total(await snapshot(a), "Synthesize") for a in fleet.addresses]
-        for n in range(9):
+        for _ in range(9):
             await stub.Synthesize(pb.SynthesizeRequest(text="Spread me."), timeout=30)
         after = [rpc_total(await snapshot(a), "Synthesize") for a in fleet.addresses]
     assert [b - a for a, b in zip(before, after)] == [3, 3, 3]

@@ -7,18 +7,16 @@ import asyncio
 import json
 import sys
 
-import grpc
 import pytest
+from fleet_calls import rpc_total, snapshot
 from grpc_health.v1 import health_pb2
-
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
+from servers import serving
 
 from clients.channel import BALANCED_SERVICE_CONFIG, Connection, grpc_target, open_aio_channel
-from fleet_calls import rpc_total, snapshot
 from server.app import SYNTHESIZER_SERVICE
 from server.config import Settings
-from servers import serving
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 
 @pytest.mark.parametrize("server, target", [

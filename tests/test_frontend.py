@@ -4,8 +4,16 @@ import pytest
 from piper_phonemize import phonemize_espeak
 
 from server.frontend import (
-    IGNORED, MAX_COMBINING_MARKS, Frontend, cut_phonemes, normalize, phoneme_ids, phonemize,
-    sentence_phonemes, speakable, split_sentences,
+    IGNORED,
+    MAX_COMBINING_MARKS,
+    Frontend,
+    cut_phonemes,
+    normalize,
+    phoneme_ids,
+    phonemize,
+    sentence_phonemes,
+    speakable,
+    split_sentences,
 )
 from server.voices import bundled_voice
 

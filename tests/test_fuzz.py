@@ -14,7 +14,8 @@ import os
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from speakstream.v1 import synthesizer_pb2 as pb
 

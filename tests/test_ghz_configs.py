@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from external_tools import REPO, run
 from google.protobuf import descriptor_pool, json_format, message_factory
 
 from speakstream.v1 import synthesizer_pb2  # noqa: F401  (registers the descriptors)
-
-from external_tools import REPO, run
 
 _CONFIGS = sorted((REPO / "clients" / "ghz").glob("*.json"))
 # The JSON keys of ghz's runner.Config (ghz 0.80 and later); a typo would be silently ignored by ghz.

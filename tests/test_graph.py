@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from voicegen import FRAMES_PER_ID, SPEAKERS, VITS_HOP, write_vits_voice, write_voice
 
+from bench.texts import TEXTS
 from server import graph
 from server.config import Settings
 from server.frontend import Frontend
 from server.inference import Scales
 from server.pool import VoiceSessions
 from server.voices import Voice, bundled_voice
-from voicegen import FRAMES_PER_ID, SPEAKERS, VITS_HOP, write_vits_voice, write_voice
-
-from bench.texts import TEXTS
 
 _DETERMINISTIC = Scales(noise_scale=0.0, length_scale=1.0, noise_w=0.0)
 

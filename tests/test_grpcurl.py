@@ -12,12 +12,11 @@ import wave
 from dataclasses import dataclass
 
 import pytest
+from external_tools import grpcurl_examples, grpcurl_path, run
 
 from speakstream.v1 import stats_pb2 as spb
 from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
-
-from external_tools import grpcurl_examples, grpcurl_path, run
 
 _SYNTH = "speakstream.v1.Synthesizer"
 _STATS = "speakstream.v1.Stats"

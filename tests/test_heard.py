@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from clients.heard import Transcript
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TEXT = "Your order has shipped. It should arrive on Thursday."
 

@@ -9,17 +9,23 @@ import sys
 import grpc
 import numpy as np
 import pytest
-
-from speakstream.v1 import synthesizer_pb2 as pb
+from servers import serving
 
 from server.config import Settings
 from server.errors import InvalidArgument
 from server.frontend import Frontend, phoneme_ids, sentence_phonemes, split_sentences
 from server.lexicon import (
-    MAX_ENTRIES, Entry, Lexicon, LexiconFile, LexiconFileError, find, make_entry, request_lexicon,
+    MAX_ENTRIES,
+    Entry,
+    Lexicon,
+    LexiconFile,
+    LexiconFileError,
+    find,
+    make_entry,
+    request_lexicon,
 )
 from server.voices import bundled_voice
-from servers import serving
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _VOICE = bundled_voice()
 _CONFIG = _VOICE.config

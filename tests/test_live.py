@@ -9,9 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from server.options import DEFAULT_SENTENCE_SILENCE_S
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _THREE_SENTENCES = (
     "The first sentence is short. "

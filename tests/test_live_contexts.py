@@ -12,10 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from server.frontend import Frontend
 from server.voices import bundled_voice
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
 _TURN_1 = ("Thanks for calling. Your order has shipped and should arrive on Thursday, "

@@ -3,16 +3,14 @@
 import asyncio
 
 import pytest
-
-from speakstream.v1 import synthesizer_pb2 as pb
+from servers import serving
 
 from server.config import Settings
 from server.frontend import Frontend
 from server.memory import rss_bytes
 from server.pool import _filler_ids
 from server.voices import bundled_voice
-
-from servers import serving
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
 _MB = 2**20

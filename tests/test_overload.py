@@ -9,13 +9,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from speakstream.v1 import stats_pb2, stats_pb2_grpc
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from server.app import start
 from server.config import Settings
 from server.memory import rss_bytes
+from speakstream.v1 import stats_pb2, stats_pb2_grpc
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT = 60
 _TEXT = "Hello there, my friend. How are you today? I hope the weather is kind to you."

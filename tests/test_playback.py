@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import fastaudio
-
 from clients.player import AudioUnavailable, Player, PlayerConfig, list_output_devices
 from clients.progress import Progress
 

@@ -3,9 +3,10 @@
 Each ```sh block runs from the repository root, its lines one after another
 (`bash -c`), against servers the block starts itself (`make serve &`), with
 the ports made free ones: 50051, 9464, 8000 and 10200 in the text (as
-host:port or after a --*-port flag) become ports picked here, `make serve` gets `--port`, and SPEAKSTREAM_ADDRESS points the clients
-at it. A line ending in `&` starts in the background and the block goes on
-once the server has printed its ready line; `kill %1` stops it (SIGTERM, as
+host:port or after a --*-port flag) become ports picked here, `make serve`
+gets `--port`, and SPEAKSTREAM_ADDRESS points the clients at it. A line
+ending in `&` starts in the background and the block goes on once the
+server has printed its ready line; `kill %1` stops it (SIGTERM, as
 the shell's job control would) and the server must exit; a `make serve` in
 the foreground is stopped with Ctrl-C (SIGINT) once ready. Audio goes to a
 paced ALSA file device (bench/paced_device.py) instead of a sound card.

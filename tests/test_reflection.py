@@ -108,7 +108,8 @@ async def test_a_request_of_no_kind_is_an_invalid_argument(channel):
 
 
 async def test_message_types_have_no_extension_numbers(channel):
-    response = await _ask(channel, pb.ServerReflectionRequest(all_extension_numbers_of_type="speakstream.v1.AudioChunk"))
+    request = pb.ServerReflectionRequest(all_extension_numbers_of_type="speakstream.v1.AudioChunk")
+    response = await _ask(channel, request)
     assert response.all_extension_numbers_response.base_type_name == "speakstream.v1.AudioChunk"
     assert list(response.all_extension_numbers_response.extension_number) == []
 

@@ -315,7 +315,7 @@ async def test_an_unwritable_output_is_one_line_without_a_traceback(app):
     code, _, err = await _say("--server", app.address, _TEXT, "-o", "/nonexistent/dir/x.wav",
                               python_args=_WITHOUT_PYAUDIO)
     assert code == 1
-    assert err == f"speakstream-say: cannot write /nonexistent/dir/x.wav: No such file or directory\n"
+    assert err == "speakstream-say: cannot write /nonexistent/dir/x.wav: No such file or directory\n"
 
 
 async def test_raw_to_a_terminal_is_a_one_line_usage_error():

@@ -141,8 +141,10 @@ async def test_live_input_over_the_limit_goes_on_in_new_calls_cut_at_sentence_en
             start = end
     calls += [text[start:]] if text[start:].strip() else []
     assert len(calls) >= 3 and all(len(c) <= _MAX_CHARS for c in calls)
-    stream = [b"".join([c.audio async for c in stub.SynthesizeStream(
-        pb.SynthesizeRequest(text=call, noise_scale=0, noise_w=0), timeout=_TIMEOUT)]) for call in calls]
+    stream = []
+    for call in calls:  # an async comprehension inside a list comprehension needs Python 3.11
+        request = pb.SynthesizeRequest(text=call, noise_scale=0, noise_w=0)
+        stream.append(b"".join([c.audio async for c in stub.SynthesizeStream(request, timeout=_TIMEOUT)]))
     assert out == _silence().join(stream)
     stats = json.loads(err.strip().splitlines()[-1])
     assert stats["calls"] == len(calls) and stats["sentences"] == len(split_sentences(text))

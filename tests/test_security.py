@@ -23,24 +23,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from external_tools import command, grpcurl_examples, grpcurl_path, run
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
-from speakstream.v1 import stats_pb2 as spb
-from speakstream.v1 import stats_pb2_grpc as spb_grpc
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from clients.channel import TOKEN_ENV, Connection, open_aio_channel
-from external_tools import command, grpcurl_examples, grpcurl_path, run
 from server import app as app_module
 from server import security as security_module
 from server.__main__ import build_parser, settings_from_args
 from server.app import ADMIN_METHODS, OPEN_SERVICES, start
 from server.config import Settings
 from server.security import (
-    AuthTokens, BearerTokenInterceptor, SecurityConfigError, bearer_token, load_security, read_tokens, token_in,
+    AuthTokens,
+    BearerTokenInterceptor,
+    SecurityConfigError,
+    bearer_token,
+    load_security,
+    read_tokens,
+    token_in,
 )
+from speakstream.v1 import stats_pb2 as spb
+from speakstream.v1 import stats_pb2_grpc as spb_grpc
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT = 30
 # The tokens docs/OPERATIONS.md uses in its grpcurl examples.

@@ -9,7 +9,6 @@ import threading
 import wave
 
 import pytest
-
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

@@ -6,11 +6,10 @@ import signal
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import start_server
 
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
-from servers import start_server
 
 _TIMEOUT = 60
 _TEXT = ("The first sentence is spoken while the server is asked to stop. "

@@ -19,12 +19,11 @@ from typing import Optional
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import start_server
 
 from speakstream.v1 import stats_pb2, stats_pb2_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
-from servers import start_server
 
 _N = int(os.environ.get("SOAK_N", "120"))
 _WARMUP = max(50, _N // 10)  # random requests after the systematic warm-up

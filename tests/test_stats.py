@@ -13,16 +13,15 @@ import urllib.request
 
 import grpc
 import pytest
+from external_tools import grpcurl_examples, grpcurl_path, run
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from speakstream.v1 import stats_pb2 as spb
-from speakstream.v1 import stats_pb2_grpc as spb_grpc
-from speakstream.v1 import synthesizer_pb2 as pb
-
-from external_tools import grpcurl_examples, grpcurl_path, run
 from server.metrics import Metrics
 from server.requestlog import JsonFormatter
 from server.stats import SnapshotBuilder
+from speakstream.v1 import stats_pb2 as spb
+from speakstream.v1 import stats_pb2_grpc as spb_grpc
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
 

@@ -14,13 +14,12 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.app import start
+from server.config import Settings
 from speakstream.v1 import stats_pb2 as spb
 from speakstream.v1 import stats_pb2_grpc as spb_grpc
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
-from server.app import start
-from server.config import Settings
 
 _TIMEOUT = 60
 _RATE = 22050

@@ -57,7 +57,7 @@ async def test_first_chunk_arrives_before_the_last_sentence_is_synthesized(app, 
     completed_at_first_chunk = None
     before = app.scheduler.counters.runs_completed
     # Default noise: not cached, so every segment is a real inference.
-    async for chunk in stub.SynthesizeStream(pb.SynthesizeRequest(text=_THREE_SENTENCES), timeout=_TIMEOUT):
+    async for _chunk in stub.SynthesizeStream(pb.SynthesizeRequest(text=_THREE_SENTENCES), timeout=_TIMEOUT):
         if completed_at_first_chunk is None:
             completed_at_first_chunk = app.scheduler.counters.runs_completed - before
     total_runs = app.scheduler.counters.runs_completed - before

@@ -7,12 +7,11 @@ import unicodedata
 import grpc
 import pytest
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from bench.texts import TEXTS
 from server import alignment
 from server.frontend import Frontend, normalize, split_sentences
 from server.voices import bundled_voice
+from speakstream.v1 import synthesizer_pb2 as pb
 
 _TIMEOUT = 60
 _NATIVE = 22050

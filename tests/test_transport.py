@@ -7,13 +7,12 @@ import asyncio
 import grpc
 import pytest
 
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from server import transport
 from server.__main__ import settings_from_args
 from server.app import start
 from server.config import Settings
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT = 60
 _TEXT = "One small sentence to speak. And a second one after it."
@@ -110,6 +109,7 @@ def test_operations_doc_names_every_server_flag(repo_root):
     from server.__main__ import build_parser
 
     doc = (repo_root / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
-    flags = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help" and not o.startswith("--no-")]
+    flags = [o for a in build_parser()._actions for o in a.option_strings
+             if o.startswith("--") and o != "--help" and not o.startswith("--no-")]
     missing = [f for f in flags if f"`{f}`" not in doc and f"`{f} " not in doc]
     assert missing == []

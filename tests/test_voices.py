@@ -12,15 +12,14 @@ import sys
 import grpc
 import numpy as np
 import pytest
-
-from speakstream.v1 import synthesizer_pb2 as pb
-from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
-
 from external_tools import REPO, run
+from voicegen import SPEAKERS, write_voice
+
 from server.config import Settings
 from server.pool import SessionPool
 from server.voices import VoiceRegistry
-from voicegen import SPEAKERS, write_voice
+from speakstream.v1 import synthesizer_pb2 as pb
+from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _TIMEOUT = 60
 _TEXT = "One voice, three speakers."

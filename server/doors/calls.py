@@ -14,8 +14,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from speakstream.v1 import synthesizer_pb2 as pb
-
 from server import live
 from server import options as opts
 from server.calls import CallContext
@@ -23,6 +21,7 @@ from server.encoding import Encoding
 from server.errors import InvalidArgument, SpeakstreamError
 from server.timings import Timestamps
 from server.voices import Voice
+from speakstream.v1 import synthesizer_pb2 as pb
 
 REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
@@ -176,7 +175,7 @@ class LiveInput:
         """End the call with `error` (raised from live_chunks)."""
         await self._queue.put(error)
 
-    def __aiter__(self) -> "LiveInput":
+    def __aiter__(self) -> LiveInput:
         return self
 
     async def __anext__(self) -> pb.LiveRequest:

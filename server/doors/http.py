@@ -42,7 +42,7 @@ from server.doors.status import SlowRequest, Unauthenticated, http_status
 from server.errors import InvalidArgument, SpeakstreamError, TooLarge
 from server.metrics import CallRecord
 from server.output import OutputChunk
-from server.security import Security, UNAUTHENTICATED_DETAILS
+from server.security import UNAUTHENTICATED_DETAILS, Security
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class SpeechEndpoint:
                 return
             respond.result()
 
-    async def _respond(self, body: bytes, exchange: "_Exchange", call: CallRecord) -> None:
+    async def _respond(self, body: bytes, exchange: _Exchange, call: CallRecord) -> None:
         chunks: Optional[AsyncIterator[OutputChunk]] = None
         try:
             request = openai_api.parse_speech(body, self._ctx, self._table)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.calls import CallContext, live_chunks
@@ -66,7 +67,7 @@ class LiveEndpoint:
                 return
             await self._run(websocket, start, call)
 
-    async def _start(self, websocket: WebSocket, call: CallRecord) -> "_Start":
+    async def _start(self, websocket: WebSocket, call: CallRecord) -> _Start:
         """The first frame, checked: the token (unless the upgrade request had one) and the settings."""
         settings = self._ctx.settings
         try:
@@ -84,7 +85,7 @@ class LiveEndpoint:
         call.request_id = calls.request_id(calls.string(frame, "request_id") or call.request_id)
         return _Start.parse(frame, self._ctx)
 
-    async def _run(self, websocket: WebSocket, start: "_Start", call: CallRecord) -> None:
+    async def _run(self, websocket: WebSocket, start: _Start, call: CallRecord) -> None:
         requests = calls.LiveInput()
         work = asyncio.ensure_future(self._speak(websocket, start, requests, call))
         reader = asyncio.ensure_future(_read(websocket, requests, self._ctx.settings.max_chars))
@@ -103,7 +104,7 @@ class LiveEndpoint:
         else:
             await _refuse(websocket, ended, call)
 
-    async def _speak(self, websocket: WebSocket, start: "_Start", requests: calls.LiveInput,
+    async def _speak(self, websocket: WebSocket, start: _Start, requests: calls.LiveInput,
                      call: CallRecord) -> None:
         options = start.options
         await websocket.send_text(json.dumps({
@@ -132,7 +133,7 @@ class _Start:
         self.options, self.segmenter, self.format = options, segmenter, format
 
     @classmethod
-    def parse(cls, frame: dict, ctx: CallContext) -> "_Start":
+    def parse(cls, frame: dict, ctx: CallContext) -> _Start:
         """Every field of the start frame, checked as SynthesizeLive checks its config."""
         fmt = calls.string(frame, "format", "pcm")
         if fmt not in FORMATS:

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from server.config import Settings
 from server.calls import CallContext
+from server.config import Settings
 from server.doors import calls
 from server.encoding import Encoding
 from server.errors import InvalidArgument, NotFound, SpeakstreamError, VoiceLoadError

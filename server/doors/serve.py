@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 class Doors:
     """The doors that are on (none unless --http-port or --wyoming-port is given)."""
 
-    http: Optional["HttpDoor"] = None
-    wyoming: Optional["WyomingDoor"] = None
+    http: Optional[HttpDoor] = None
+    wyoming: Optional[WyomingDoor] = None
 
     @property
     def http_port(self) -> Optional[int]:
