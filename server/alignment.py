@@ -94,7 +94,8 @@ def _phoneme_words(phonemes: Sequence[str]) -> list[list[int]]:
     """Indices of each word of `phonemes` that has a sound (not bare punctuation). Words are
     separated by spaces, and by punctuation followed by a sound: espeak-ng's own sentences
     inside one span ("Dr." "Smith") are joined without a space."""
-    words, current = [], []
+    words: list[list[int]] = []
+    current: list[int] = []
     for i, phoneme in enumerate(phonemes):
         if phoneme == " " or (current and phonemes[i - 1] in PUNCTUATION_PHONEMES
                               and phoneme not in PUNCTUATION_PHONEMES):
@@ -183,7 +184,8 @@ def _align_stretch(spoken: list[str], reference: list[str], labels: list[int]) -
 
 def _shares(words: list[str], labels: list[int]) -> list[tuple[int, float]]:
     """(token, fraction of the joined word where it ends) for consecutive token words."""
-    total, done, shares = sum(len(w) for w in words) or 1, 0, []
+    total, done = sum(len(w) for w in words) or 1, 0
+    shares: list[tuple[int, float]] = []
     for word, label in zip(words, labels):
         done += len(word)
         if shares and shares[-1][0] == label:
@@ -234,9 +236,9 @@ def _words(token_spans: list[tuple[int, int]], spoken: list[list[int]],
     words: list[tuple[list[int], list[int]]] = []  # (span as [start, end], phonemes)
     pending_start: Optional[int] = None
     for n, (start, end) in enumerate(token_spans):
-        indices = by_token.get(n)
-        if indices:
-            words.append(([pending_start if pending_start is not None else start, end], indices))
+        found = by_token.get(n)
+        if found:
+            words.append(([pending_start if pending_start is not None else start, end], found))
             pending_start = None
         elif words:
             words[-1][0][1] = end

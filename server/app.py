@@ -248,7 +248,8 @@ def _bind(server: grpc.aio.Server, settings: Settings, security: Security) -> in
             if security.auth is not None and settings.host not in ("127.0.0.1", "::1", "localhost"):
                 _LOGGER.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", address)
             return server.add_insecure_port(address)
-        _LOGGER.info("TLS on %s%s%s", address, " (client certificates required)" if security.tls.client_ca else "",
+        mutual = security.tls is not None and security.tls.client_ca
+        _LOGGER.info("TLS on %s%s%s", address, " (client certificates required)" if mutual else "",
                      ", bearer tokens required" if security.auth else "")
         return server.add_secure_port(address, credentials)
     except RuntimeError:  # "Failed to bind": taken between the check and now

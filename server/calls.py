@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncGenerator, AsyncIterator, Callable, Optional
 
 from server import live
 from server import options as opts
@@ -54,7 +54,7 @@ class CallContext:
 
 
 async def text_chunks(ctx: CallContext, options: opts.SynthesisOptions, owner: str, call: CallRecord,
-                      deadline: Optional[float] = None) -> AsyncIterator[OutputChunk]:
+                      deadline: Optional[float] = None) -> AsyncGenerator[OutputChunk, None]:
     """A whole text's chunks as they are synthesized (SynthesizeStream's call); the first
     carries the markup's ignored tags (SSML not acted on), which are also logged.
 
@@ -78,7 +78,7 @@ async def text_chunks(ctx: CallContext, options: opts.SynthesisOptions, owner: s
 async def live_chunks(ctx: CallContext, options: opts.SynthesisOptions,
                       segmenter: Callable[[], live.LiveSegmenter], requests: AsyncIterator,
                       owner: str, call: CallRecord, deadline: Optional[float] = None,
-                      markup: Optional[Callable] = None) -> AsyncIterator[OutputChunk]:
+                      markup: Optional[Callable] = None) -> AsyncGenerator[OutputChunk, None]:
     """Text in pieces in (`requests`), chunks out as sentences complete (SynthesizeLive's call);
     a chunk carries the SSML tags read since the last one that are not acted on.
 

@@ -35,7 +35,7 @@ import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Optional, Union
+from typing import TYPE_CHECKING, AsyncGenerator, Optional, Union
 
 import numpy as np
 
@@ -258,7 +258,7 @@ class CallEngine:
         times); None before any."""
         return self._clock + self._audio_ahead_s if self._audio_ahead_s else None
 
-    async def pieces(self) -> AsyncIterator[AudioPiece]:
+    async def pieces(self) -> AsyncGenerator[AudioPiece, None]:
         """Audio pieces in order; the last has `final` (after close())."""
         last = AudioPiece(_NO_AUDIO, (0, 0), 0)
         silence_due = False
@@ -304,7 +304,8 @@ class CallEngine:
         return AudioPiece(_NO_AUDIO, (last.span[1],) * 2, last.sentence_index, final=True,
                           context_id=last.context_id)
 
-    async def _work_pieces(self, work: _Work, silence_due: bool, last: AudioPiece) -> AsyncIterator[AudioPiece]:
+    async def _work_pieces(self, work: _Work, silence_due: bool,
+                           last: AudioPiece) -> AsyncGenerator[AudioPiece, None]:
         """The pieces of one segment: the silence before it if due, then its windows."""
         segment, context = work.segment, work.turn.context_id
         first = True
@@ -326,7 +327,7 @@ class CallEngine:
                              words=work.timings if first else (), context_id=context)
             first = False
 
-    async def _work_audio(self, work: _Work) -> AsyncIterator[tuple[np.ndarray, bool]]:
+    async def _work_audio(self, work: _Work) -> AsyncGenerator[tuple[np.ndarray, bool], None]:
         """(audio, last) of each window of `work`, in order, as they are ready; nothing
         more once its turn is cancelled (cancel_turn has dropped it then)."""
         if work.encode_job is not None:
@@ -338,12 +339,12 @@ class CallEngine:
             window = work.windows[0]
             if window.audio is None:
                 self._top_up()
-                if window.job is None:  # later segments' encoders hold the budget: this one is wanted now
-                    self._submit_window(work, window)
-                await asyncio.wait({window.job.future})
+                # Later segments' encoders may hold the budget: this window is wanted now.
+                job = window.job if window.job is not None else self._submit_window(work, window)
+                await asyncio.wait({job.future})
                 if work.turn.cancelled:
                     return
-                window.audio = window.job.future.result()
+                window.audio = job.future.result()
                 self._synth.metrics.record_synthesized(window.audio.size, self._options.sample_rate)
             work.windows.pop(0)
             self._keep_for_cache(work, window.audio)
@@ -525,14 +526,16 @@ class CallEngine:
         self._top_up()
         self._changes.changed()
 
-    def _submit_window(self, work: _Work, window: _Window) -> None:
+    def _submit_window(self, work: _Work, window: _Window) -> Job:
         # The job's function holds the frame bounds, not the window: a window that held
         # its job holding it would be a cycle keeping the segment's latent until a full GC.
         sessions, encoded, start, stop = self._sessions, work.encoded, window.start, window.stop
+        assert encoded is not None  # windows without audio exist only once their segment is encoded
         offset_s = start * sessions.hop / self._options.sample_rate
         window.job = self._synth.scheduler.submit(
             lambda run_options: sessions.decode(encoded, start, stop, run_options),
             due=work.due + offset_s, deadline=self._deadline, owner=self._job_owner(work))
+        return window.job
 
     def _job_owner(self, work: _Work) -> str:
         """The request id, and the context for a named one ("id/context"), as the run log shows it."""

@@ -317,7 +317,7 @@ class Frontend:
                 found = align(text, span, phonemes, lambda word: cached_word_phonemes(word, voice, phonemize))
             segments = _with_words(segments, found)
         if document is not None:
-            segments = [_placed(s, document, style, length_scale) for s in segments]
+            segments = [_placed(s, document, document.style_at(span[0]), length_scale) for s in segments]
         return segments
 
     @staticmethod
@@ -371,7 +371,8 @@ def _parts(text: str, span: tuple[int, int], document: Optional[Document],
     given = document.parts_in(*span) if document is not None else []
     if not lexicons:
         return given
-    parts, cursor = [], span[0]
+    parts: list[Part] = []
+    cursor = span[0]
     for part in given:
         parts.extend(Part(hit.start, hit.end, hit.phonemes) for hit in find(text, cursor, part.start, lexicons))
         parts.append(part)

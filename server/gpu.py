@@ -47,7 +47,7 @@ class GpuMonitor:
         """The GPUs now (a few NVML calls per device), or why there are none."""
         nvml = self._init()
         if nvml is None:
-            return GpuReading(available=False, reason=self._reason)
+            return GpuReading(available=False, reason=self._reason or "no GPU")
         try:
             devices = tuple(_device(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
         except Exception as exc:  # noqa: BLE001 - NVMLError: a GPU fell off the bus, the driver went away

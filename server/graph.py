@@ -250,7 +250,7 @@ def _decoder_inputs(graph: onnx.GraphProto, producers: dict, latent: str) -> lis
             continue
         seen.add(tensor)
         node = producers.get(tensor)
-        if tensor in in_decoder:
+        if tensor in in_decoder and node is not None:  # computed from the latent: a node made it
             queue.extend(node.input)
         elif node is None or node.input:  # a graph input, or a value computed before the decoder
             needed.append(tensor)

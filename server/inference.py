@@ -102,8 +102,9 @@ class VoiceModel:
         return np.ascontiguousarray(self._decode(encoded, 0, encoded.frames, None), dtype=np.float32)
 
     def _decode(self, encoded: Encoded, low: int, high: int, run_options) -> np.ndarray:
+        assert encoded.latent is not None  # a split voice's encoder always gives the latent
         feeds = {self._latent: np.ascontiguousarray(encoded.latent[:, :, low:high])}
-        if self._speaker:
+        if self._speaker and encoded.speaker is not None:
             feeds[self._speaker] = encoded.speaker
         return self.decoder.run(None, feeds, run_options)[0].reshape(-1)
 

@@ -182,7 +182,8 @@ class LiveSegmenter:
 
     def _complete_sentences(self) -> list[Span]:
         """split_sentences's loop, resumable, taking only matches that can no longer change."""
-        spans, text = [], self._text
+        spans: list[Span] = []
+        text = self._text
         while True:
             match = _SENTENCE_END.search(text, self._scan)
             # Final once the character after the whitespace is known; until then

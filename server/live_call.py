@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncGenerator, AsyncIterator, Callable, Optional
 
 from server.document import DocumentReader
 from server.engine import AudioPiece, CallEngine, SpanRequest, Turn
@@ -129,7 +129,7 @@ class LiveCall:
         """Start reading `requests` (the messages after the config)."""
         self._reader = asyncio.create_task(self._read(requests), name="live-reader")
 
-    def pieces(self) -> AsyncIterator[AudioPiece]:
+    def pieces(self) -> AsyncGenerator[AudioPiece, None]:
         """Audio pieces in order; after the client's end of input, a last empty one with `final`."""
         return self._engine.pieces()
 

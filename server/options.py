@@ -140,6 +140,7 @@ def check_chunk_ms(chunk_ms: int) -> int:
 def document_for(text: str, voice: Voice, text_format: TextFormat, speed: float) -> Optional[Document]:
     """The document of a request's `text` (checked, after check_text): its SSML, or its [[ ]]
     blocks; None for plain text without any (the plain path). InvalidArgument names the position."""
+    document: Optional[Document]
     if text_format is TextFormat.SSML:
         document = read_ssml(text, voice.config, speed, SPEED_RANGE)
     else:

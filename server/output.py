@@ -109,7 +109,8 @@ class ChunkWriter:
 
 def stream_words(pieces: Iterable[AudioPiece], options: SynthesisOptions) -> list[WordTiming]:
     """Every word timing of the pieces, in samples from the first, at the output rate."""
-    words, offset, scale = [], 0, options.client_rate / options.sample_rate
+    words: list[WordTiming] = []
+    offset, scale = 0, options.client_rate / options.sample_rate
     for piece in pieces:
         words.extend(w.moved(offset, scale) for w in piece.words)
         offset += piece.audio.size

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -40,7 +40,7 @@ def providers_for(settings: Settings, available: Sequence[str]) -> list[tuple[st
     "auto" takes CUDA when ORT offers it; "cuda" demands it. CPU is always
     last, so nodes CUDA cannot run still have a home.
     """
-    cpu = (_CPU, {})
+    cpu: tuple[str, dict] = (_CPU, {})
     if settings.device == "cpu":
         return [cpu]
     if _CUDA not in available:
@@ -130,7 +130,8 @@ def _register_cpu_arena(settings: Settings) -> None:
 class SessionSlot:
     """One loaded copy of a voice's model (encoder and decoder, or the whole graph), with its counters."""
 
-    model: VoiceModel
+    model: Union[VoiceModel, _FailOnce]
+    """The copy's sessions; for one run after inject_failure, a stand-in that fails."""
     index: int
     provider: str
     runs: int = 0
@@ -200,6 +201,7 @@ class VoiceSessions:
             hop = samples // encoded.frames
             exact = samples == hop * encoded.frames
         else:
+            assert encoded.audio is not None  # a whole graph's run gives its audio
             samples = encoded.audio.size
             hop = samples // encoded.frames if encoded.frames else 0
             exact = bool(encoded.frames) and samples == hop * encoded.frames
@@ -323,7 +325,7 @@ class VoiceSessions:
 class _FailOnce:
     """A model whose next encode or decode raises (the inject_failure test hook), then steps aside."""
 
-    def __init__(self, model: VoiceModel, slot: SessionSlot):
+    def __init__(self, model: Union[VoiceModel, _FailOnce], slot: SessionSlot):
         self._model, self._slot = model, slot
 
     def __getattr__(self, name: str):

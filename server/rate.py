@@ -38,6 +38,7 @@ def encode_at_rate(encode: Callable[[Scales], Encoded], scales: Scales, length_s
     rounding = _ROUNDING * np.count_nonzero(base.durations)
     guess = scales.length_scale * (target - rounding) / max(frames - rounding, 1.0)
     encoded = encode(dataclasses.replace(scales, length_scale=guess))
+    assert encoded.durations is not None  # the same voice as `base`, which has them
     got = float(encoded.durations.sum())
     if abs(got - target) <= MISS * target or got == frames:
         return encoded

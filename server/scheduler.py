@@ -110,7 +110,7 @@ class Scheduler:
         self._seq = itertools.count()
         # One release per job pushed, one acquire per job popped: a worker
         # that acquires always finds a job in the heap.
-        self._pushed: Optional[asyncio.Semaphore] = None
+        self._pushed = asyncio.Semaphore(0)
         self._changes = Changes()
         self._executor = ThreadPoolExecutor(pool_size, thread_name_prefix="infer")
         self._workers: list[asyncio.Task] = []
@@ -118,7 +118,6 @@ class Scheduler:
 
     async def start(self) -> None:
         """Start the workers on the running loop."""
-        self._pushed = asyncio.Semaphore(0)
         self._workers = [asyncio.create_task(self._work(i), name=f"infer-{i}")
                          for i in range(self.pool_size)]
 

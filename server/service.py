@@ -29,7 +29,7 @@ from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
-_ENCODINGS = {
+_ENCODINGS: dict[pb.AudioEncoding, Encoding] = {
     pb.AUDIO_ENCODING_UNSPECIFIED: Encoding.LINEAR16,
     pb.AUDIO_ENCODING_LINEAR16: Encoding.LINEAR16,
     pb.AUDIO_ENCODING_FLOAT32: Encoding.FLOAT32,
@@ -247,7 +247,7 @@ def _timestamps(value: int) -> Timestamps:
         raise InvalidArgument("timestamps", f"unsupported value {value}") from None
 
 
-def _encoding(value: int) -> Encoding:
+def _encoding(value: pb.AudioEncoding) -> Encoding:
     encoding = _ENCODINGS.get(value)
     if encoding is None:
         raise InvalidArgument("encoding", f"unsupported encoding {value}")

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Optional
+from typing import AsyncGenerator, Optional
 
 from server.cache import AudioCache
 from server.config import Settings
@@ -55,7 +55,7 @@ class Synthesizer:
         return CallEngine(self, sessions, options, deadline, owner, hold_last)
 
     async def stream(self, options: SynthesisOptions, deadline: Optional[float] = None,
-                     owner: str = "") -> AsyncIterator[AudioPiece]:
+                     owner: str = "") -> AsyncGenerator[AudioPiece, None]:
         """Audio pieces of `options.text` in order; the last has `final` set.
 
         :param deadline: time.monotonic() after which queued work is dropped.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from server.changes import Changes
 from server.memory import rss_bytes
@@ -53,8 +53,7 @@ class IdleTrimmer:
         scheduler = self._scheduler
         trimmed_after = scheduler.counters.runs_started  # start-up already trimmed (app.start)
         while True:
-            await scheduler.wait_until(
-                lambda after=trimmed_after: scheduler.idle and scheduler.counters.runs_started != after)
+            await scheduler.wait_until(_ran_since(scheduler, trimmed_after))
             seen = scheduler.counters.runs_started
             await asyncio.sleep(self._idle_s)  # a timer, not synchronisation: quiet for idle_s?
             if scheduler.idle and scheduler.counters.runs_started == seen:
@@ -68,3 +67,8 @@ class IdleTrimmer:
         self._trimmed.changed()
         _LOGGER.info("idle: gave back %.0f MB of inference memory (RSS %.0f MB)",
                      (before - rss_bytes()) / 2**20, rss_bytes() / 2**20)
+
+
+def _ran_since(scheduler: Scheduler, runs: int) -> Callable[[], bool]:
+    """Whether the scheduler is idle and has started a run since it had started `runs`."""
+    return lambda: scheduler.idle and scheduler.counters.runs_started != runs

@@ -107,7 +107,7 @@ class VoiceRegistry:
     @classmethod
     def load(cls, voice_dir: Optional[Path] = None, default: str = "") -> VoiceRegistry:
         """The bundled voice plus every voice in `voice_dir` (bad extra files are skipped)."""
-        voices, skipped = [bundled_voice()], {}
+        voices, skipped = [bundled_voice()], dict[str, str]()
         if voice_dir is not None:
             found, skipped = _scan_dir(voice_dir)
             voices.extend(found)
