@@ -63,6 +63,8 @@ async def _http_first_byte_s(address: str, text: str) -> float:
         while (size := int((await reader.readline()).strip(), 16)) > 0:
             await reader.readexactly(size + 2)
             first = first or time.perf_counter()
+        if first is None:
+            raise RuntimeError("POST /v1/audio/speech answered no audio")
         return first - start
     finally:
         writer.close()
@@ -75,6 +77,8 @@ async def _grpc_first_chunk_s(stub, text: str) -> float:
     async for chunk in stub.SynthesizeStream(request, timeout=_TIMEOUT_S):
         if chunk.num_samples and first is None:
             first = time.perf_counter()
+    if first is None:
+        raise RuntimeError("SynthesizeStream answered no audio")
     return first - start
 
 

@@ -10,10 +10,11 @@ repeat and medians are reported, so a noisy neighbour hits every arm alike.
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,24 +70,23 @@ def bench_encoding(repeats: int = 15) -> dict:
     """
     infer, pieces, native = _pieces()
     audio_s = sum(p.size for p in pieces) / native
-    arms = {"inference": infer}
+    arms: dict[str, Callable[[], object]] = {"inference": infer}
     opus_rate = output_rate(Encoding.OGG_OPUS, native)
     opus_pieces = [resample(p, native, opus_rate) for p in pieces]  # Opus gets audio at its own rate
     for encoding in Encoding:
         source = opus_pieces if encoding is Encoding.OGG_OPUS else pieces
         rate = opus_rate if encoding is Encoding.OGG_OPUS else native
-        arms[f"encode {encoding.name}"] = lambda e=encoding, s=source, r=rate: _encode_stream(e, r, s)
+        arms[f"encode {encoding.name}"] = functools.partial(_encode_stream, encoding, rate, source)
     for rate in RATES:
         for quality in (QUALITY, "VHQ"):
-            arms[f"resample {rate} {quality}"] = (
-                lambda r=rate, q=quality: _resample_stream(native, r, q, pieces))
+            arms[f"resample {rate} {quality}"] = functools.partial(_resample_stream, native, rate, quality, pieces)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
     order = list(arms)
     for _ in range(repeats):
         random.shuffle(order)
         for name in order:
             times[name].append(_timed(arms[name]))
-    out = {"audio_s": audio_s, "repeats": repeats}
+    out: dict[str, Any] = {"audio_s": audio_s, "repeats": repeats}
     for clock, index in (("wall", 0), ("cpu", 1)):
         ms = {name: 1000 * statistics.median(t[index] for t in ts) / audio_s for name, ts in times.items()}
         inference = ms.pop("inference")

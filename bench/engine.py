@@ -75,6 +75,8 @@ async def _ttfa(stub, request: pb.SynthesizeRequest) -> tuple[float, float, floa
             first = time.perf_counter() - start
         samples += chunk.num_samples
         rate = chunk.sample_rate_hz
+    if first is None:
+        raise RuntimeError("SynthesizeStream answered no audio")
     return first, time.perf_counter() - start, samples / rate
 
 
@@ -87,7 +89,7 @@ async def _after_cancel(stub) -> float:
     return (await _ttfa(stub, pb.SynthesizeRequest(text=TEXTS["medium"])))[0]
 
 
-async def _throughput(stub, concurrency: int, seconds: float, timestamps: int) -> float:
+async def _throughput(stub, concurrency: int, seconds: float, timestamps: pb.Timestamps) -> float:
     """Audio seconds per second with `concurrency` clients looping over the bench texts."""
     texts, stop, audio = list(TEXTS.values()), time.perf_counter() + seconds, []
 

@@ -21,7 +21,7 @@ import numpy as np
 from bench.server_section import bench_load, one_call
 from bench.texts import TEXTS
 from clients.channel import Connection, open_aio_channel
-from deploy.fleet import SMALL_SERVER_ARGS, Fleet, find_nginx
+from deploy.fleet import SMALL_SERVER_ARGS, Fleet, Nginx, find_nginx
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
@@ -37,48 +37,51 @@ def run(server_args: Sequence[str], seconds: float, sizes: Sequence[int] = SIZES
     if find_nginx() is None:
         return {"skipped": "nginx is not installed (Debian: apt-get install nginx; .ci/system-deps does)"}
     args = [*SMALL_SERVER_ARGS, *server_args]
+    fleets: list[dict] = []
     out = {"concurrency": CONCURRENCY, "seconds_per_round": seconds, "server_args": args,
-           "load_average_at_start": os.getloadavg()[0], "fleets": []}
+           "load_average_at_start": os.getloadavg()[0], "fleets": fleets}
     for size in sizes:
         print(f"  fleet of {size} ...", file=sys.stderr)
         with Fleet(size, args) as fleet:
-            out["fleets"].append(asyncio.run(_measure_fleet(fleet, seconds, light_calls)))
+            fleets.append(asyncio.run(_measure_fleet(fleet, seconds, light_calls)))
     return out
 
 
 async def _measure_fleet(fleet: Fleet, seconds: float, light_calls: int) -> dict:
-    targets = {"direct": ",".join(fleet.addresses), "nginx": fleet.nginx.address}
+    nginx = fleet.nginx
+    assert nginx is not None  # run() starts every fleet with its balancer
+    targets = {"direct": ",".join(fleet.addresses), "nginx": nginx.address}
     rounds: dict[str, list[dict]] = {"direct": [], "nginx": []}
     for path in _ORDER:
         async with open_aio_channel(Connection(targets[path])) as channel:
             stub = pb_grpc.SynthesizerStub(channel)
             for _ in range(2 * fleet.size):  # every server connected and warm on this path
                 await one_call(stub, TEXTS["short"])
-            rounds[path].append(await _round(fleet, stub, seconds))
+            rounds[path].append(await _round(fleet, nginx, stub, seconds))
     light = {}
     for path in ("direct", "nginx"):
         async with open_aio_channel(Connection(targets[path])) as channel:
-            light[path] = await _light(fleet, pb_grpc.SynthesizerStub(channel), light_calls)
+            light[path] = await _light(nginx, pb_grpc.SynthesizerStub(channel), light_calls)
     paths = {path: _combine(r) | {"light": light[path]} for path, r in rounds.items()}
     return {"servers": fleet.size, **paths, "overhead": _overhead(paths),
             "server_rss_mb": [round(s.rss_mb()) for s in fleet.servers]}
 
 
-async def _round(fleet: Fleet, stub, seconds: float) -> dict:
+async def _round(fleet: Fleet, nginx: Nginx, stub, seconds: float) -> dict:
     """One load round at CONCURRENCY: its bench_load figures and the CPU each process used meanwhile."""
-    servers_cpu, nginx_cpu, client_cpu = _servers_cpu(fleet), fleet.nginx.cpu_s(), time.process_time()
-    logged = _nginx_calls(fleet)
+    servers_cpu, nginx_cpu, client_cpu = _servers_cpu(fleet), nginx.cpu_s(), time.process_time()
+    logged = _nginx_calls(nginx)
     start = time.perf_counter()
     result = await bench_load(stub, CONCURRENCY, seconds, min_calls=2)
     audio_s = result["audio_s_per_s"] * (time.perf_counter() - start)  # the wall bench_load divided by
     return result | {"audio_s": audio_s, "servers_cpu_s": _servers_cpu(fleet) - servers_cpu,
-                     "nginx_cpu_s": fleet.nginx.cpu_s() - nginx_cpu, "client_cpu_s": time.process_time() - client_cpu,
-                     "nginx_calls": _nginx_calls(fleet) - logged}
+                     "nginx_cpu_s": nginx.cpu_s() - nginx_cpu, "client_cpu_s": time.process_time() - client_cpu,
+                     "nginx_calls": _nginx_calls(nginx) - logged}
 
 
-def _nginx_calls(fleet: Fleet) -> int:
+def _nginx_calls(nginx: Nginx) -> int:
     """Calls nginx has passed on so far: the lines of its access log (one per call, written as it ends)."""
-    with open(fleet.nginx.access_log, "rb") as log:
+    with open(nginx.access_log, "rb") as log:
         return sum(1 for _ in log)
 
 
@@ -86,10 +89,10 @@ def _servers_cpu(fleet: Fleet) -> float:
     return sum(server.cpu_s() for server in fleet.servers)
 
 
-async def _light(fleet: Fleet, stub, calls: int) -> dict:
+async def _light(nginx: Nginx, stub, calls: int) -> dict:
     """`calls` ListVoices calls at CONCURRENCY: per-call latency with no synthesis in it, and nginx's CPU."""
     latencies: list[float] = []
-    nginx_cpu = fleet.nginx.cpu_s()
+    nginx_cpu = nginx.cpu_s()
 
     async def client(count: int) -> None:
         for _ in range(count):
@@ -100,7 +103,7 @@ async def _light(fleet: Fleet, stub, calls: int) -> dict:
     await asyncio.gather(*(client(calls // CONCURRENCY) for _ in range(CONCURRENCY)))
     return {"calls": len(latencies), "p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-            "nginx_cpu_us_per_call": 1e6 * (fleet.nginx.cpu_s() - nginx_cpu) / len(latencies)}
+            "nginx_cpu_us_per_call": 1e6 * (nginx.cpu_s() - nginx_cpu) / len(latencies)}
 
 
 def _combine(rounds: list[dict]) -> dict:

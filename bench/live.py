@@ -40,14 +40,14 @@ import re
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from bench.floor import Floor
 from bench.server_process import ServerProcess
 from clients.channel import Connection, open_aio_channel
-from server.live import DEFAULT_MAX_PENDING_MS, LiveSegmenter
+from server.live import DEFAULT_MAX_PENDING_MS, LiveSegmenter, Span
 from speakstream.v1 import synthesizer_pb2 as pb
 from speakstream.v1 import synthesizer_pb2_grpc as pb_grpc
 
@@ -76,16 +76,16 @@ def clause_plan(pieces: list[str], frontend, voice_config) -> list[dict]:
     """The clauses the server will speak: span, the piece that makes each certain
     (None: the end of input), and the ids of its first segment."""
     seg = LiveSegmenter(MAX_PENDING_MS, 0)
-    spans = []
+    spans: list[tuple[Span, Optional[int]]] = []
     for k, piece in enumerate(pieces):
         spans += [(span, k) for span in seg.feed(piece, now=0.0)]
     last = seg.flush()
     if last:
         spans.append((last, None))
     plan = []
-    for index, (span, piece) in enumerate(spans):
+    for index, (span, deciding) in enumerate(spans):
         first = frontend.span_segments(seg.text, span, index, index == 0, voice_config)[0]
-        plan.append({"start": span[0], "end": span[1], "piece": piece, "ids": first.ids,
+        plan.append({"start": span[0], "end": span[1], "piece": deciding, "ids": first.ids,
                      "phonemes": len(first.phonemes)})
     return plan
 
@@ -193,7 +193,7 @@ def _round_figures(calls: list[dict], floors: list[float]) -> dict:
 
 async def _measure(connection: Connection, floor, plan, pieces, rounds: int, idle_calls: int,
                    concurrency: int) -> dict:
-    out = {"rounds": []}
+    out: dict[str, list[dict]] = {"rounds": []}
     rng = random.Random(9)
     async with open_aio_channel(connection) as channel:
         stub = pb_grpc.SynthesizerStub(channel)
@@ -205,8 +205,8 @@ async def _measure(connection: Connection, floor, plan, pieces, rounds: int, idl
             # Calls start spread over one second, as users' turns do.
             loaded = await asyncio.gather(*(live_call(stub, pieces, plan, rng.random())
                                             for _ in range(concurrency)))
-            result = {"floor_s": floors, "idle": _round_figures(idle, floors), "run_on": run_on,
-                      f"concurrency_{concurrency}": _round_figures(loaded, floors)}
+            result: dict[str, Any] = {"floor_s": floors, "idle": _round_figures(idle, floors), "run_on": run_on,
+                                      f"concurrency_{concurrency}": _round_figures(loaded, floors)}
             out["rounds"].append(result)
             print(f"  live round {n + 1}: idle p50 {result['idle']['all']['p50_s'] * 1000:.0f} ms "
                   f"(x{result['idle']['all']['ratio_p50']:.2f} floor), c{concurrency} first clause p50 "
@@ -217,7 +217,7 @@ async def _measure(connection: Connection, floor, plan, pieces, rounds: int, idl
 def summarize(measured: dict, concurrency: int) -> dict:
     """Medians over rounds of each round's figures."""
     rounds = measured["rounds"]
-    out = {"floor_p50_s": statistics.median(float(np.median(r["floor_s"])) for r in rounds)}
+    out: dict[str, Any] = {"floor_p50_s": statistics.median(float(np.median(r["floor_s"])) for r in rounds)}
     for arm in ("idle", f"concurrency_{concurrency}"):
         out[arm] = {part: {key: statistics.median(r[arm][part][key] for r in rounds) for key in _KEYS}
                     for part in ("all", "first", "later")}

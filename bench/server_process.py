@@ -43,9 +43,17 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def started(self) -> subprocess.Popen:
+        """The server's process; RuntimeError if it has not been started."""
+        if self.process is None:
+            raise RuntimeError("the server has not been started")
+        return self.process
+
     def _wait_ready(self) -> str:
         deadline = time.monotonic() + self._timeout
-        for line in self.process.stdout:  # the ready line comes once models are loaded
+        stdout = self.started().stdout
+        assert stdout is not None  # started with stdout=PIPE
+        for line in stdout:  # the ready line comes once models are loaded
             if line.startswith(_READY_PREFIX):
                 return line[len(_READY_PREFIX):].strip()
             door = _DOOR_LINE.match(line)
@@ -57,11 +65,11 @@ class ServerProcess:
 
     def rss_mb(self) -> float:
         """Resident memory now, in MB."""
-        return _status_kb(self.process.pid, "VmRSS") / 1024
+        return _status_kb(self.started().pid, "VmRSS") / 1024
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server has used."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
+        with open(f"/proc/{self.started().pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

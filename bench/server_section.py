@@ -8,7 +8,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
 import numpy as np
@@ -124,8 +124,11 @@ async def bench_overhead(stub, floor_s: float, repeats: int) -> dict:
 async def run_server_sections(args, floor_results: dict, server: Optional[ServerProcess],
                               connection: Optional[Connection] = None) -> dict:
     """:param connection: how to reach --target (None: the started server, plaintext)."""
-    out = {}
-    async with open_aio_channel(connection or Connection(server.address)) as channel:
+    if connection is None:
+        assert server is not None  # bench.cli passes the server it started when there is no --target
+        connection = Connection(server.address)
+    out: dict[str, Any] = {}
+    async with open_aio_channel(connection) as channel:
         stub = pb_grpc.SynthesizerStub(channel)
         if server:
             out["rss_start_mb"] = server.rss_mb()  # ready, warmed up, no call yet

@@ -207,6 +207,7 @@ class LiveCalls:
 
     def _forward(self, text: str) -> None:
         if text:
+            assert self._current is not None  # _send opens a call before it forwards
             self._sent.append(text)  # before the server can speak it
             self._current[1].put(pb.LiveRequest(text=text))
             self._call_text += text

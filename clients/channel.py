@@ -151,7 +151,8 @@ def connection_from_args(args: argparse.Namespace, parser: argparse.ArgumentPars
         parser.error("tls-cert: mutual TLS needs both --tls-cert and --tls-key")
     try:
         ca, cert, key = (_read(path) for path in (args.tls_ca, args.tls_cert, args.tls_key))
-        token = _read(args.token_file).decode().strip() if args.token_file else os.environ.get(TOKEN_ENV, "").strip()
+        token = (Path(args.token_file).read_bytes().decode() if args.token_file
+                 else os.environ.get(TOKEN_ENV, "")).strip()
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read {getattr(exc, 'filename', None) or 'a file'}: {getattr(exc, 'strerror', exc)}")
     if args.token_file and not token:

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence, Union
+from typing import Any, BinaryIO, NoReturn, Optional, Sequence, Union
 
 import grpc
 
@@ -140,7 +140,7 @@ _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (the synopsis is in --help)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         """Print `message` on one line and exit 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
@@ -445,7 +445,8 @@ class _Receiver:
             self._write(bytes(2 * round(SENTENCE_SILENCE_S * result.sample_rate)))
             self._silence_due = False
         if chunk.words and self._transcript is not None:
-            self._add_words(call, chunk, calls.text)  # before the audio: captions wait for the words
+            # Before the audio: captions wait for the words.
+            self._add_words(self._transcript, call, chunk, calls.text)
         offset = result.samples
         self._write(chunk.audio)
         result.chunks += 1
@@ -455,11 +456,11 @@ class _Receiver:
                                           _Span(call.text_start + chunk.text_span.end), chunk.final and call.last))
             self._progress.show(self._player.frames_played() if self._player is not None else None)
 
-    def _add_words(self, call: Call, chunk, text: str) -> None:
+    def _add_words(self, transcript: Transcript, call: Call, chunk, text: str) -> None:
         """The chunk's words, placed in the whole text and in the whole audio written so far."""
-        self._transcript.text = text
-        self._transcript.add(chunk, text_offset=call.text_start,
-                             sample_offset=self.result.samples - chunk.sample_offset)
+        transcript.text = text
+        transcript.add(chunk, text_offset=call.text_start,
+                       sample_offset=self.result.samples - chunk.sample_offset)
         if self._captions is not None:
             self._captions.update()
 
@@ -493,13 +494,16 @@ class _Receiver:
 
         :raises AudioUnavailable: the device failed, or took nothing for _PLAYER_STALL_S.
         """
+        player = self._player
+        if player is None:
+            return  # nothing plays, so nothing is ahead
         still_s, last = 0.0, None
         while self._player_is_ahead():
-            self._player.write(b"")  # raises if the device has failed
-            played = self._player.frames_played()
+            player.write(b"")  # raises if the device has failed
+            played = player.frames_played()
             still_s = still_s + _PLAYER_POLL_S if played == last else 0.0
             if still_s >= _PLAYER_STALL_S:
-                raise AudioUnavailable(f"the device {self._player.device.name!r} stopped taking audio")
+                raise AudioUnavailable(f"the device {player.device.name!r} stopped taking audio")
             last = played
             if self._progress is not None:
                 self._progress.show(played)
@@ -602,9 +606,13 @@ def _run(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[str]
     try:
         code, result = _speak(options, request, text, transcript)
     finally:  # also when interrupted or failed: the words received so far
-        written = timestamps is None or _write_timestamps(timestamps, transcript)
+        written = True
+        if timestamps is not None:
+            assert transcript is not None  # --timestamps asks for the words (above)
+            written = _write_timestamps(timestamps, transcript)
     if code != EXIT_OK:
         return code
+    assert result is not None  # _speak gives the result with EXIT_OK
     if not written:
         return EXIT_LOCAL_IO
     _report(options, result, transcript)
@@ -652,20 +660,21 @@ def _speak(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[st
                 if options.verbose:
                     stack.callback(lambda: sys.stderr.write(player.device_log))
                 if options.captions:
+                    assert transcript is not None  # playing asks for the words (_run)
                     captions = Captions(transcript, player, sys.stdout, _silence_stdout)
                     stack.callback(captions.stop)
             channel = stack.enter_context(open_channel(options.connection))
             stub = pb_grpc.SynthesizerStub(channel)
             if options.output_format is not None and options.output_format[0] == "OGG":
                 request.sample_rate_hz = _opus_rate(stub, request, options.timeout)
-            words = {"transcript": transcript, "captions": captions}
             if text is None:
                 result = speak_live(stub, request, sys.stdin.buffer, outputs, timeout=options.timeout,
-                                    max_chars_per_call=options.max_chars_per_call, player=player, **words)
+                                    max_chars_per_call=options.max_chars_per_call, player=player,
+                                    transcript=transcript, captions=captions)
             else:
                 result = speak(stub, request, text, outputs, timeout=options.timeout,
                                max_chars_per_call=options.max_chars_per_call, progress=progress, player=player,
-                               **words)
+                               transcript=transcript, captions=captions)
     except grpc.RpcError as exc:
         return _fail_after(progress, _rpc_message(exc, options), _rpc_exit_code(exc)), None
     except AudioUnavailable as exc:
@@ -674,6 +683,7 @@ def _speak(options: SayOptions, request: pb.SynthesizeRequest, text: Optional[st
         code = _fail_after(progress, _interrupted_message(player, file_output), EXIT_INTERRUPTED)
         if player is not None:
             # The player has stopped: what its device played until then.
+            assert transcript is not None  # playing asks for the words (_run)
             print(f"heard: {transcript.heard(player.frames_heard()) or '(nothing)'}", file=sys.stderr)
         return code, None
     except InputError as exc:
@@ -717,6 +727,7 @@ def _report(options: SayOptions, result: SayResult, transcript: Optional[Transcr
     if options.output_path:
         print(f"wrote {options.output_path}: {result.samples} samples ({result.audio_s:.2f} s)", file=sys.stderr)
     if options.timestamps_path:
+        assert transcript is not None  # --timestamps asks for the words (_run)
         print(f"wrote {options.timestamps_path}: {len(transcript.words)} words", file=sys.stderr)
     if options.stats:
         print(format_stats(stats), file=sys.stderr)

@@ -154,7 +154,7 @@ def _gpu(g: pb.GpuStats) -> list[str]:
             f"{_bytes(d.memory_used_bytes)} / {_bytes(d.memory_total_bytes)}" for d in g.devices]
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

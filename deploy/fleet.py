@@ -95,9 +95,10 @@ class Nginx:
     def __init__(self, backends: Sequence[str], run_dir: Path, binary: Optional[str] = None, workers: str = "1"):
         self.backends = list(backends)
         self.run_dir = Path(run_dir)
-        self.binary = binary or find_nginx()
-        if self.binary is None:
+        found = binary or find_nginx()
+        if found is None:
             raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx; .ci/system-deps does)")
+        self.binary: str = found
         self.workers = workers
         self.process: Optional[subprocess.Popen] = None
         self.address = ""
@@ -146,7 +147,9 @@ class Nginx:
             raise RuntimeError(f"nginx refuses {self.conf}: {test.stderr.strip()}")
 
     def pids(self) -> list[int]:
-        """The master's pid and its workers'."""
+        """The master's pid and its workers'; RuntimeError if nginx has not been started."""
+        if self.process is None:
+            raise RuntimeError("nginx has not been started")
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return [self.process.pid, *map(int, children)]
 
@@ -263,11 +266,11 @@ class Fleet:
 
     def signal(self, index: int, sig: int) -> None:
         """Send `sig` to server `index`'s process."""
-        self.servers[index].process.send_signal(sig)
+        self.servers[index].started().send_signal(sig)
 
     def wait_exit(self, index: int, timeout_s: float = 60.0) -> int:
         """Wait for server `index` to exit; its exit code (negative: the signal that ended it)."""
-        return self.servers[index].process.wait(timeout_s)
+        return self.servers[index].started().wait(timeout_s)
 
     def restart(self, index: int) -> None:
         """Start server `index` again on its port (nginx's configuration names it), its log appended to."""
@@ -312,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         with Fleet(args.servers, args.server_args.split()) as fleet:
+            assert fleet.nginx is not None  # a Fleet starts nginx unless balancer=False
             print(f"servers: {','.join(fleet.addresses)}\nnginx: {fleet.nginx.address}\n"
                   f"logs: {fleet.run_dir}", flush=True)
             stop.wait()
