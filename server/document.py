@@ -72,8 +72,9 @@ class Document:
         """:param mapped: spoken characters have their own request ranges (SSML); False: the spoken
         text has the request's offsets (plain text, whose parts keep their length)."""
         self.text = ""
-        self._starts: Optional[list[int]] = [] if mapped else None
-        self._ends: Optional[list[int]] = [] if mapped else None
+        self._mapped = mapped
+        self._starts: list[int] = []
+        self._ends: list[int] = []
         self.parts: list[Part] = []
         self._part_starts: list[int] = []
         self.styles: list[Style] = []
@@ -90,11 +91,12 @@ class Document:
     def add_text(self, text: str, sources: Union[None, int, Sequence[tuple[int, int]]] = None) -> None:
         """Append spoken `text`. `sources` (mapped documents): the request range of each of its
         characters, or the request offset where it is written as is."""
-        if self._starts is not None:
+        if self._mapped:
             if isinstance(sources, int):
                 self._starts.extend(range(sources, sources + len(text)))
                 self._ends.extend(range(sources + 1, sources + len(text) + 1))
             else:
+                assert sources is not None, "a mapped document's text comes with its sources"
                 self._starts.extend(s for s, _ in sources)
                 self._ends.extend(e for _, e in sources)
         self.text += text
@@ -116,7 +118,7 @@ class Document:
         if len(self.text) in self.breaks:
             # A break right after another gets a place of its own (an invisible character between
             # them, a space once normalized): a break already given out never changes.
-            self.add_text(IGNORED, [(offset, offset)] if self._starts is not None else None)
+            self.add_text(IGNORED, [(offset, offset)] if self._mapped else None)
         self.marks.append((len(self.text), BREAK))
         self.breaks[len(self.text)] = Break(seconds, offset)
 
@@ -138,7 +140,7 @@ class Document:
     @property
     def plain(self) -> bool:
         """Nothing but text at the request's own offsets: the frontend's plain path speaks it."""
-        return self._starts is None and not self.parts and not self.breaks and not self.styles
+        return not self._mapped and not self.parts and not self.breaks and not self.styles
 
     def speakable(self) -> bool:
         """Whether it has anything to say: a part, a break, or a letter, digit or symbol outside the parts."""
@@ -150,7 +152,7 @@ class Document:
         if start == end and start in self.breaks:
             offset = self.breaks[start].offset
             return offset, offset
-        if self._starts is None:
+        if not self._mapped:
             return span
         if start == end:
             offset = self._starts[start] if start < len(self._starts) else self.request_end

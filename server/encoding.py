@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import io
 import struct
-from typing import Protocol
+from typing import Literal, Protocol
 
 import av
 import numpy as np
@@ -72,8 +72,10 @@ _OGG_OPTIONS = {"page_duration": "20000", "flush_packets": "1"}
 # MP3 and AAC: 64 kbit/s mono too. No ID3 tag and no Xing header for MP3 (that
 # header is patched at the end of a file, which a stream has already sent).
 MPEG_BITRATE = 64_000
+# The audio codecs PyAV encodes for us (a Literal: PyAV's add_stream then returns an AudioStream).
+_PyAvCodec = Literal["libopus", "libmp3lame", "aac"]
 # (container, codec, muxer options, frame sample format) of each PyAV encoding.
-_PYAV = {
+_PYAV: dict[Encoding, tuple[str, _PyAvCodec, dict[str, str], str]] = {
     Encoding.OGG_OPUS: ("ogg", "libopus", _OGG_OPTIONS, "flt"),
     Encoding.MP3: ("mp3", "libmp3lame", {"write_xing": "0", "id3v2_version": "0", "flush_packets": "1"}, "fltp"),
     Encoding.AAC: ("adts", "aac", {"flush_packets": "1"}, "fltp"),
@@ -283,8 +285,8 @@ def encode_whole(audio: np.ndarray, encoding: Encoding, sample_rate: int) -> byt
     if encoding is Encoding.WAV:
         return encode_wav(audio, sample_rate)
     if encoding in _PYAV:
-        encoder = _PyAvEncoder(encoding, sample_rate)
-        return encoder.encode(audio) + encoder.finish()
+        pyav_encoder = _PyAvEncoder(encoding, sample_rate)
+        return pyav_encoder.encode(audio) + pyav_encoder.finish()
     encoder = _SoundFileEncoder(encoding, sample_rate)
     encoder.encode(audio)
     encoder.finish()

@@ -120,7 +120,8 @@ def _word_start(text: str, i: int) -> bool:
 
 def _walk(trie: dict, text: str, start: int, end: int, fold: bool) -> Optional[tuple[int, Entry]]:
     """The longest entry of `trie` that text[start:end] begins with and that ends a word."""
-    node, best, i = trie, None, start
+    node: Optional[dict] = trie
+    best, i = None, start
     while i < end and node:
         char = text[i]
         if char.isspace():  # a run of whitespace matches one space of a phrase

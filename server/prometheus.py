@@ -11,9 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Callable, Iterable, Optional
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -61,7 +68,7 @@ class PrometheusExporter:
     def __init__(self, build: Callable[[], pb.StatsSnapshot], loop: asyncio.AbstractEventLoop):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(build, loop))
-        self._httpd = None
+        self._httpd: Optional[WSGIServer] = None
         self.port: Optional[int] = None
 
     def start(self, host: str, port: int) -> int:
@@ -80,11 +87,11 @@ class PrometheusExporter:
             self._httpd = None
 
 
-def families(s: pb.StatsSnapshot) -> list:
+def families(s: pb.StatsSnapshot) -> list[Metric]:
     """Every metric family of `s`, with the conventional Prometheus names."""
-    out = [_gauge("uptime_seconds", "Seconds since the server started.", s.uptime_s),
-           _gauge("metrics_recording", "1 when request metrics are recorded (0 with --no-metrics).",
-                  float(s.recording))]
+    out: list[Metric] = [_gauge("uptime_seconds", "Seconds since the server started.", s.uptime_s),
+                         _gauge("metrics_recording", "1 when request metrics are recorded (0 with --no-metrics).",
+                                float(s.recording))]
     out += _request_families(s.requests)
     out += [_histogram(name, doc, getattr(s.latency, field)) for field, name, doc in _HISTOGRAMS]
     out += _audio_families(s.audio)

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import tracemalloc
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncGenerator, AsyncIterator, Callable, Optional
 
 import grpc
 
@@ -38,7 +38,7 @@ PROFILE_TOP_N = (1, 1_000)
 DEFAULT_PROFILE_TOP_N = 20
 
 _HISTOGRAM_FIELDS = tuple(f.name for f in pb.LatencyStats.DESCRIPTOR.fields)
-_THREAD_KIND = re.compile(r"(.*?)(?:[-_]\d.*)?$")
+_THREAD_KIND = re.compile(r"(.*?)(?:[-_]\d.*)?$", re.DOTALL)  # matches every name
 # Frames that are tracemalloc's own bookkeeping or import machinery, not the server's.
 _PROFILE_FILTERS = (
     tracemalloc.Filter(False, tracemalloc.__file__),
@@ -147,7 +147,9 @@ class SnapshotBuilder:
     def _threads(self) -> pb.ThreadStats:
         stats = pb.ThreadStats(count=threading.active_count(), os_count=_os_threads())
         for thread in threading.enumerate():
-            kind = _THREAD_KIND.match(thread.name).group(1) or thread.name
+            match = _THREAD_KIND.match(thread.name)
+            assert match is not None  # the pattern matches every string
+            kind = match.group(1) or thread.name
             stats.by_kind[kind] = stats.by_kind[kind] + 1
         now = time.monotonic()
         running = dict(self._scheduler.running)
@@ -248,11 +250,11 @@ class SnapshotSampler:
         if self._task is not None:
             await asyncio.wait({self._task})
 
-    async def watch(self, interval_s: float) -> AsyncIterator[pb.StatsSnapshot]:
+    async def watch(self, interval_s: float) -> AsyncGenerator[pb.StatsSnapshot, None]:
         """Snapshots every `interval_s` until the caller stops iterating or the sampler closes."""
         if self._closed:
             return
-        if self._changed is None:
+        if self._changed is None or self._wake is None:  # made together, on the loop
             self._changed, self._wake = asyncio.Condition(), asyncio.Event()
         watcher = _Watcher(interval_s, due=time.monotonic())
         self._watchers.add(watcher)
@@ -284,6 +286,7 @@ class SnapshotSampler:
                 self._changed.notify_all()
 
     async def _run(self) -> None:
+        assert self._wake is not None  # watch() makes it before it starts this task
         while self._watchers:
             wait_s = min(w.due for w in self._watchers) - time.monotonic()
             if wait_s > 0:
@@ -306,6 +309,7 @@ class SnapshotSampler:
                 if snapshot is not None:
                     watcher.pending = snapshot
                 watcher.due = self._next_due(watcher.interval_s, now)
+        assert self._changed is not None  # watch() makes it before it starts the task calling this
         async with self._changed:
             self._changed.notify_all()
 

@@ -12,7 +12,7 @@ import asyncio
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, overload
 
 from server import live
 from server import options as opts
@@ -55,6 +55,14 @@ def check_total(field: str, characters: int, max_chars: int) -> None:
 
 
 # -- plain values (JSON, Wyoming event data) to typed ones ---------------------------------
+
+
+@overload
+def string(data: dict, field: str, default: str, name: str = "") -> str: ...
+
+
+@overload
+def string(data: dict, field: str, default: Optional[str] = None, name: str = "") -> Optional[str]: ...
 
 
 def string(data: dict, field: str, default: Optional[str] = None, name: str = "") -> Optional[str]:
@@ -149,7 +157,7 @@ class LiveInput:
     the engine is _LIVE_BACKLOG requests behind.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue(_LIVE_BACKLOG)
         self.characters = 0
         """Characters of text put so far."""

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import AsyncGenerator, AsyncIterator, Optional
 
 import uvicorn
 from starlette.applications import Starlette
@@ -60,7 +61,7 @@ class HttpDoor:
         self._security = security
         self._server: Optional[uvicorn.Server] = None
         self._main: Optional[asyncio.Task] = None
-        self._socket = None
+        self._socket: Optional[socket.socket] = None
         self.port: Optional[int] = None
         ctx.metrics.register(DOOR, CALLS)
         ctx.metrics.register(live_ws.DOOR, (live_ws.CALL,))
@@ -80,7 +81,8 @@ class HttpDoor:
     async def start(self) -> int:
         """Listen on --host:--http-port (BindError names the flag) and serve; returns the port."""
         settings = self.ctx.settings
-        self._socket = listen(settings.host, settings.http_port, "--http-port")
+        assert settings.http_port is not None  # the door is made only when --http-port is given
+        sock = self._socket = listen(settings.host, settings.http_port, "--http-port")
         config = uvicorn.Config(
             self.app(), log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
             ws_max_size=transport.max_receive_bytes(settings), server_header=False,
@@ -95,10 +97,10 @@ class HttpDoor:
         config.ssl = self._ssl_context()
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)  # "off": nothing runs
-        await self._server.startup(sockets=[self._socket])
+        await self._server.startup(sockets=[sock])
         # Keeps the Date header current and notices should_exit (ten cheap wake-ups a second).
         self._main = asyncio.create_task(self._server.main_loop(), name="http-door")
-        self.port = self._socket.getsockname()[1]
+        self.port = sock.getsockname()[1]
         scheme = "https" if config.ssl else "http"
         _LOGGER.info("HTTP door on %s://%s:%d/ (OpenAI speech API, WebSocket live, page)", scheme,
                      _bracket(settings.host), self.port)
@@ -110,10 +112,12 @@ class HttpDoor:
             return
         server, self._server = self._server, None
         # At least a moment: uvicorn reports a zero timeout as exceeded even with nothing to wait for.
-        server.config.timeout_graceful_shutdown = max(0.1, grace)
+        # uvicorn annotates it int, but passes it on as asyncio.wait_for's timeout: seconds as a float.
+        server.config.timeout_graceful_shutdown = max(0.1, grace)  # type: ignore[assignment]
         server.should_exit = True
         if self._main is not None:
             await self._main
+        assert self._socket is not None  # start() listened before it made the server
         await server.shutdown(sockets=[self._socket])
 
     def _ssl_context(self) -> Optional[ssl.SSLContext]:
@@ -121,6 +125,7 @@ class HttpDoor:
         settings = self.ctx.settings
         if self._security.tls is None:
             return None
+        assert settings.tls_cert is not None and settings.tls_key is not None  # security.tls is read from both
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
         if settings.tls_client_ca is not None:
@@ -191,7 +196,7 @@ class SpeechEndpoint:
             respond.result()
 
     async def _respond(self, body: bytes, exchange: _Exchange, call: CallRecord) -> None:
-        chunks: Optional[AsyncIterator[OutputChunk]] = None
+        chunks: Optional[AsyncGenerator[OutputChunk, None]] = None
         try:
             request = openai_api.parse_speech(body, self._ctx, self._table)
             chunks = text_chunks(self._ctx, request.options, call.request_id, call)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Optional
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.calls import CallContext, live_chunks
@@ -42,7 +44,6 @@ FORMATS = {
 # timestamps -> what the audio frames' `words` carry (as SynthesizeRequest.timestamps).
 TIMESTAMPS = {"none": Timestamps.NONE, "words": Timestamps.WORDS, "words_and_phonemes": Timestamps.WORDS_AND_PHONEMES}
 NORMAL_CLOSE = 1000
-_GONE = object()
 
 
 class LiveEndpoint:
@@ -98,11 +99,11 @@ class LiveEndpoint:
         # queued and running inferences stop now.
         work.cancel()
         await asyncio.wait({work})
-        ended = reader.result()
-        if ended is _GONE:
+        error = reader.result()
+        if error is None:
             call.status = "CANCELLED"
         else:
-            await _refuse(websocket, ended, call)
+            await _refuse(websocket, error, call)
 
     async def _speak(self, websocket: WebSocket, start: _Start, requests: calls.LiveInput,
                      call: CallRecord) -> None:
@@ -157,8 +158,8 @@ class _Start:
         return cls(options, segmenter, fmt)
 
 
-async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int) -> object:
-    """Frames into `requests` until the client hangs up (_GONE) or sends a bad frame (its error)."""
+async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int) -> Optional[SpeakstreamError]:
+    """Frames into `requests` until the client hangs up (None) or sends a bad frame (its error)."""
     ended = False
     try:
         while True:
@@ -180,12 +181,12 @@ async def _read(websocket: WebSocket, requests: calls.LiveInput, max_chars: int)
             else:
                 raise InvalidArgument("type", f"must be text, flush, clear or close, got {kind!r}")
     except WebSocketDisconnect:
-        return _GONE
+        return None
     except SpeakstreamError as exc:
         return exc
 
 
-def _frame(message: dict) -> dict:
+def _frame(message: Message) -> dict:
     """A client's frame as a JSON object; WebSocketDisconnect when it hung up."""
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))

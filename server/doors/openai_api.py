@@ -204,7 +204,7 @@ def models() -> dict[str, Any]:
             "data": [{"id": m, "object": "model", "created": 0, "owned_by": "speakstream"} for m in MODELS]}
 
 
-def voices_listing(voices: VoiceRegistry, table: VoiceTable, settings: Optional[Settings] = None) -> dict:
+def voices_listing(voices: VoiceRegistry, table: VoiceTable, settings: Optional[Settings] = None) -> dict[str, Any]:
     """GET /v1/audio/voices: every voice with its speakers, and the OpenAI names' table."""
     default = voices.default.name
     listed = []
@@ -214,7 +214,7 @@ def voices_listing(voices: VoiceRegistry, table: VoiceTable, settings: Optional[
         listed.append({"name": v.name, "language": cfg.language, "sample_rate": cfg.sample_rate,
                        "num_speakers": cfg.num_speakers, "quality": cfg.quality, "default": v.name == default,
                        "speakers": speakers})
-    out = {"voices": listed, "openai_voices": table.listing()}
+    out: dict[str, Any] = {"voices": listed, "openai_voices": table.listing()}
     if settings is not None:
         out["max_chars"] = settings.max_chars
     return out

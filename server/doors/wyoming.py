@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import AsyncIterator, Optional
+from typing import AsyncGenerator, Optional
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
@@ -70,6 +70,7 @@ class WyomingDoor:
     async def start(self) -> int:
         """Listen (BindError names --wyoming-port) and serve; returns the port."""
         settings = self.ctx.settings
+        assert settings.wyoming_port is not None  # the door is made only when --wyoming-port is given
         sock = listen(settings.host, settings.wyoming_port, "--wyoming-port")
         self._server = await asyncio.start_server(self._accept, sock=sock, limit=_HEADER_LIMIT)
         self.port = sock.getsockname()[1]
@@ -96,6 +97,7 @@ class WyomingDoor:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio.start_server runs each connection's callback in a task of its own
         self._connections.add(task)
         try:
             if len(self._connections) > self._limit:
@@ -160,7 +162,7 @@ class _Connection:
             await self._fail(InvalidArgument("type", f"{event.type} without synthesize-start"))
             return False
         if SynthesizeStop.is_type(event.type):
-            self._stream, stream = None, self._stream
+            stream, self._stream = self._stream, None
             await stream.end()
             return True
         text = event.data.get("text")
@@ -205,7 +207,7 @@ class _Connection:
             if stream is not None:
                 await _write(self._writer, SynthesizeStopped().event())
 
-    async def _audio(self, chunks: AsyncIterator[OutputChunk], rate: int) -> None:
+    async def _audio(self, chunks: AsyncGenerator[OutputChunk, None], rate: int) -> None:
         """audio-start at the first audio, then a chunk for each, audio-stop after the last."""
         started = False
         async with contextlib.aclosing(chunks):
@@ -243,7 +245,7 @@ def _options(ctx: CallContext, event: Event, streamed: bool):
     speaker = calls.string(requested, "speaker", name="voice.speaker")
     speaker_id = None
     if speaker is not None and speaker.isdigit() and speaker not in voice.config.speaker_id_map:
-        speaker, speaker_id = None, int(speaker)  # wyoming-piper takes a speaker's number too
+        speaker_id, speaker = int(speaker), None  # wyoming-piper takes a speaker's number too
     knobs = calls.Knobs(text=text, voice=voice, speaker=speaker, speaker_id=speaker_id,
                         encoding=Encoding.LINEAR16)
     return calls.synthesis_options(ctx, knobs, live_text=streamed)
