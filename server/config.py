@@ -204,9 +204,14 @@ class Settings:
                                           range=(16, 100_000))
     """Cap on phonemes in one inference, so a huge sentence cannot blow up memory."""
 
-    first_chunk_phonemes: int = setting(40, "engine", "target size of a request's first inference; "
+    first_chunk_phonemes: int = setting(30, "engine", "target size of a request's first inference; "
                                                       "smaller = sooner audio", range=(8, 100_000))
     """Target length of a request's first inference; short = fast first audio."""
+
+    first_clause_cut: bool = setting(True, "engine", "end a turn's first inference at its first comma, "
+                                                     "semicolon or colon (\"Sure, | I can help.\"): sooner first "
+                                                     "audio, cut where the speaker pauses (default: on)")
+    """Cut a turn's first segment after its first clause mark even when the sentence fits first_chunk_phonemes."""
 
     lookahead_chunks: int = setting(3, "engine", "inferences (encoder segments or decoder windows) one call "
                                                  "may have queued, running or waiting to be sent", range=(1, 64))
@@ -221,7 +226,7 @@ class Settings:
     generation's engine); voices whose graph cannot be split run whole anyway.
     """
 
-    first_window_frames: int = setting(16, "engine", "latent frames in a turn's first decoder window (x 256 "
+    first_window_frames: int = setting(8, "engine", "latent frames in a turn's first decoder window (x 256 "
                                                      "samples for Piper voices: 16 = 0.19 s at 22.05 kHz); "
                                                      "smaller = sooner first audio", range=(1, 4096))
     """Frames of a turn's first decoder window; each next window doubles, up to window_frames."""

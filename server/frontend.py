@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 _BOS, _EOS, _PAD = "^", "$", "_"
 _CLAUSE_MARKS = frozenset(",;:")
+# Shortest first clause cut off on its own ("ʃˈʊɹ," is 5): a lone "Oh," is left with its sentence.
+_MIN_CLAUSE = 5
 # Punctuation espeak-ng gives as a phoneme (a pause) after the word before it.
 _PAUSE_MARKS = ",.;:!?"
 
@@ -257,12 +259,15 @@ class Frontend:
     """Turns request text into a lazy stream of inference segments."""
 
     def __init__(self, max_phonemes_per_chunk: int = 400, first_chunk_phonemes: int = 60,
-                 lexicon: Optional[LexiconFile] = None):
+                 lexicon: Optional[LexiconFile] = None, first_clause_cut: bool = False):
         """:param first_chunk_phonemes: target size of a request's first segment.
-        :param lexicon: the server's lexicon file (--lexicon)."""
+        :param lexicon: the server's lexicon file (--lexicon).
+        :param first_clause_cut: end a turn's first segment at its first clause mark
+            ("Sure, | I can help.") even when the sentence fits first_chunk_phonemes."""
         self.max_phonemes = max_phonemes_per_chunk
         self.first_phonemes = min(first_chunk_phonemes, max_phonemes_per_chunk)
         self.lexicon = lexicon
+        self.first_clause_cut = first_clause_cut
 
     def lexicons(self, voice: Voice, request: Optional[Lexicon] = None) -> tuple[Lexicon, ...]:
         """What a request's text is looked up in: its own entries, then the lexicon file's for its voice."""
@@ -310,7 +315,8 @@ class Frontend:
             found = None
         if not phonemes:
             return []
-        segments = list(self._cut(phonemes, text, span, index, (first_limit, limits[1]), config))
+        early = first and self.first_clause_cut
+        segments = list(self._cut(phonemes, text, span, index, (first_limit, limits[1], early), config))
         if words:
             if found is None:
                 voice = config.espeak_voice
@@ -455,13 +461,20 @@ def _with_words(segments: list[Segment], words: list[Word]) -> list[Segment]:
     return result
 
 
-def cut_phonemes(phonemes: list[str], first_limit: int, limit: int) -> list[list[str]]:
+def cut_phonemes(phonemes: list[str], first_limit: int, limit: int, clause_first: bool = False) -> list[list[str]]:
     """Cut a sentence's phonemes into pieces: the first at most `first_limit`, the rest `limit`.
 
     Cuts fall after a clause mark when one is in the second half of the
     window, else after the last word boundary in it, else at the limit.
+    With `clause_first`, the first piece ends at the first clause mark within
+    `first_limit` (at least _MIN_CLAUSE phonemes in) even when the sentence fits:
+    a turn's first audio then waits for the encoder of "Sure," only, and the cut
+    falls where the speaker pauses anyway.
     """
     pieces, rest, window = [], phonemes, first_limit
+    if clause_first and (cut := _first_clause(rest, first_limit)):
+        pieces.append(rest[:cut])
+        rest, window = rest[cut:], limit
     while len(rest) > window:
         cut = _cut_point(rest, window)
         pieces.append(rest[:cut])
@@ -470,6 +483,15 @@ def cut_phonemes(phonemes: list[str], first_limit: int, limit: int) -> list[list
     if rest:
         pieces.append(rest)
     return pieces
+
+
+def _first_clause(phonemes: list[str], window: int) -> int:
+    """The index after the first clause mark (and its space) in 1..window that has words
+    after it, or 0."""
+    for i in range(_MIN_CLAUSE, min(window, len(phonemes) - 2) + 1):
+        if phonemes[i - 1] in _CLAUSE_MARKS and phonemes[i] == " ":
+            return i + 1
+    return 0
 
 
 def _cut_point(phonemes: list[str], window: int) -> int:

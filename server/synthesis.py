@@ -42,7 +42,8 @@ class Synthesizer:
         self.metrics = metrics
         self.cache = AudioCache(settings.cache_mb * 1024 * 1024)
         lexicon = LexiconFile.load(settings.lexicon) if settings.lexicon is not None else None
-        self.frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes, lexicon)
+        self.frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes, lexicon,
+                                 settings.first_clause_cut)
         self._frontend_thread = ThreadPoolExecutor(1, thread_name_prefix="frontend")
 
     def close(self) -> None:
