@@ -43,7 +43,8 @@ def window_snr(floor: Floor) -> dict:
     """SNR (dB) of each bench text decoded in the server's windows against its segments run whole."""
     settings = Settings()
     split = VoiceSessions(floor.voice, settings)
-    frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes)
+    frontend = Frontend(settings.max_phonemes_per_chunk, settings.first_chunk_phonemes, None,
+                        settings.first_clause_cut)
     out = {}
     for name, text in TEXTS.items():
         worst = float("inf")
