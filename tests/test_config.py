@@ -23,7 +23,8 @@ from server.config import GROUPS, Settings, flag, flag_of, option
 FLAGS = frozenset({
     "--admin-token-file", "--allow-spinning", "--arena-extend", "--arena-max-extend-mb", "--arena-shrink-every",
     "--auth-token-file", "--cache-mb", "--cpu-arena", "--cuda-device-id", "--device", "--enable-profiling",
-    "--decoder-windows", "--first-clause-cut", "--first-window-frames", "--window-frames", "--window-context-frames", "--graph-cache",
+    "--decoder-windows", "--first-clause-cut", "--first-window-frames", "--window-frames", "--window-context-frames",
+    "--graph-cache",
     "--first-chunk-phonemes", "--gpu-mem-limit-mb", "--grace-s", "--host", "--idle-trim-s", "--inter-op-threads",
     "--intra-op-threads", "--keepalive-time-s", "--keepalive-timeout-s", "--log-format", "--log-level",
     "--lookahead-chunks", "--max-chars", "--max-concurrent-rpcs", "--max-connection-age-s",
