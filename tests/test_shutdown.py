@@ -30,6 +30,17 @@ async def _sigterm_and_wait_for_drain(process, channel) -> None:
     watch.cancel()
 
 
+async def _goaway_received(channel) -> None:
+    """Wait until the server's GOAWAY reached the channel (it leaves READY; the streams in flight go on).
+
+    A call sent in the instant between NOT_SERVING and the transport's stop can reach the server
+    before its GOAWAY is out, and gRPC itself then cancels it (CANCELLED): that race is gRPC's
+    (docs/OPERATIONS.md, Draining). From the GOAWAY on, every new call is refused UNAVAILABLE.
+    """
+    while (state := channel.get_state()) == grpc.ChannelConnectivity.READY:
+        await asyncio.wait_for(channel.wait_for_state_change(state), _TIMEOUT)
+
+
 async def _finish(call) -> list:
     chunks = []
     while (chunk := await asyncio.wait_for(call.read(), _TIMEOUT)) is not grpc.aio.EOF:
@@ -46,6 +57,7 @@ async def test_sigterm_lets_active_streams_finish_refuses_new_calls_and_exits_0(
             calls = [stub.SynthesizeStream(pb.SynthesizeRequest(text=_TEXT), timeout=_TIMEOUT) for _ in range(4)]
             firsts = [await asyncio.wait_for(call.read(), _TIMEOUT) for call in calls]
             await _sigterm_and_wait_for_drain(process, channel)
+            await _goaway_received(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Synthesize(pb.SynthesizeRequest(text="Too late."), timeout=_TIMEOUT)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
