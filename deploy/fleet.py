@@ -197,7 +197,8 @@ class FleetServer(ServerProcess):
             self.address = self._wait_ready()
         except RuntimeError as error:  # the server's own words are in its log, not on stdout
             tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise RuntimeError(f"{error}; exit code {self.started().poll()}; its log {self.log} ends:\n{tail}") from None
+            code = self.started().poll()
+            raise RuntimeError(f"{error}; exit code {code}; its log {self.log} ends:\n{tail}") from None
         self.port = int(self.address.rpartition(":")[2])
         wait_serving(self.address, service=SYNTHESIZER_SERVICE)
 
