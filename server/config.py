@@ -227,7 +227,7 @@ class Settings:
     """
 
     first_window_frames: int = setting(8, "engine", "latent frames in a turn's first decoder window (x 256 "
-                                                     "samples for Piper voices: 16 = 0.19 s at 22.05 kHz); "
+                                                     "samples for Piper voices: 8 = 0.09 s at 22.05 kHz); "
                                                      "smaller = sooner first audio", range=(1, 4096))
     """Frames of a turn's first decoder window; each next window doubles, up to window_frames."""
 

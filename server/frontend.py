@@ -486,8 +486,8 @@ def cut_phonemes(phonemes: list[str], first_limit: int, limit: int, clause_first
 
 
 def _first_clause(phonemes: list[str], window: int) -> int:
-    """The index after the first clause mark (and its space) in 1..window that has words
-    after it, or 0."""
+    """The index after the first clause mark (and its space) at _MIN_CLAUSE..window
+    phonemes in that has words after it, or 0."""
     for i in range(_MIN_CLAUSE, min(window, len(phonemes) - 2) + 1):
         if phonemes[i - 1] in _CLAUSE_MARKS and phonemes[i] == " ":
             return i + 1

@@ -193,6 +193,31 @@ def test_first_piece_is_cut_at_a_clause_mark_within_the_window():
     assert sum(pieces, []) == phonemes
 
 
+def test_a_first_clause_is_cut_off_even_when_the_sentence_fits():
+    phonemes = list("ʃˈʊɹ, aɪ kæn hˈɛlp, wɪð ðˈæt.")
+    pieces = cut_phonemes(phonemes, first_limit=100, limit=100, clause_first=True)
+    assert ["".join(p) for p in pieces] == ["ʃˈʊɹ, ", "aɪ kæn hˈɛlp, wɪð ðˈæt."]  # the first mark only
+    assert cut_phonemes(phonemes, first_limit=100, limit=100) == [phonemes]  # off: cut by size alone
+
+
+@pytest.mark.parametrize("text", ["ˈoʊ, nˈoʊ.",  # a clause shorter than _MIN_CLAUSE stays with its sentence
+                                  "jˈɛs ɪt ɪz,",  # a mark at the end leaves nothing to say after it
+                                  "ðɪs ɪz ɐ lˈɔŋ, lˈɔŋ sˈɛntəns."])  # a mark beyond first_limit
+def test_no_first_clause_cut_where_none_is_worth_it(text):
+    phonemes = list(text)
+    assert cut_phonemes(phonemes, 12, 100, clause_first=True) == cut_phonemes(phonemes, 12, 100)
+
+
+def test_only_a_turns_first_sentence_gets_the_clause_cut(voice_config):
+    text = "Sure, I can help with that. Well, here it is."
+    frontend = Frontend(max_phonemes_per_chunk=100, first_chunk_phonemes=30, first_clause_cut=True)
+    spans = [text[s.span[0]:s.span[1]] for s in frontend.segments(text, voice_config)]
+    assert spans == ["Sure, ", "I can help with that. ", "Well, here it is."]
+    segments = list(frontend.segments(text, voice_config))
+    assert [s.ends_sentence for s in segments] == [False, True, True]
+    assert [s.sentence_index for s in segments] == [0, 0, 1]
+
+
 def test_cut_falls_back_to_a_word_boundary_then_a_hard_cut():
     words = list("aaaa bbbb cccc dddd")
     pieces = cut_phonemes(words, first_limit=12, limit=12)
