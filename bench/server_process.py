@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +13,6 @@ from typing import Optional, Sequence
 
 _READY_PREFIX = "speakstream listening on "
 _DOOR_LINE = re.compile(r"speakstream (\w+) on (\S+)$")  # --http-port, --wyoming-port
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerProcess:
@@ -30,8 +28,8 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING", *self._args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
+            dies_with_parent([sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING", *self._args]),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.address = self._wait_ready()
         return self
 
@@ -74,13 +72,17 @@ class ServerProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the benchmark dies, so no server is left running."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the with-block still stops the server on a normal exit
+def dies_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, run so that it gets SIGTERM if this process dies: no server is left running.
+
+    Through util-linux's `setpriv --pdeathsig`, not a preexec_fn: with one, Python forks
+    and runs code in the child before exec, and the child of a process using gRPC can
+    abort there (gRPC's fork handling: "epoll_wait error: Bad file descriptor", SIGABRT,
+    twice in a dozen full test runs); without one, the child is spawned and execs at once.
+    Where setpriv is missing, the with-blocks still stop the servers on a normal exit.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else list(command)
 
 
 def _status_kb(pid: int, key: str) -> int:

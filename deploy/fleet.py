@@ -29,7 +29,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.server_process import ServerProcess, _die_with_parent
+from bench.server_process import ServerProcess, dies_with_parent
 from clients.channel import SYNTHESIZER_SERVICE
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx" / "speakstream.conf.template"
@@ -126,10 +126,10 @@ class Nginx:
             self.address = f"127.0.0.1:{free_port()}"
             self.conf.write_text(render_nginx_conf(self.backends, self.address, self.run_dir, self.workers))
             self.check()
-            self.process = subprocess.Popen([self.binary, "-p", str(self.run_dir), "-c", str(self.conf),
-                                             "-e", str(self.error_log)],
+            self.process = subprocess.Popen(dies_with_parent([self.binary, "-p", str(self.run_dir), "-c",
+                                                              str(self.conf), "-e", str(self.error_log)]),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                            stderr=subprocess.DEVNULL)
             try:
                 wait_serving(self.address, timeout_s)
                 return self
@@ -188,8 +188,9 @@ class FleetServer(ServerProcess):
         """Start the process (the model loads meanwhile); `wait_ready` waits for its ready line."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "server", "--port", str(self.port), "--log-format", "json", *self._args],
-                stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent)
+                dies_with_parent([sys.executable, "-m", "server", "--port", str(self.port), "--log-format", "json",
+                                  *self._args]),
+                stdout=subprocess.PIPE, stderr=log, text=True)
 
     def wait_ready(self) -> None:
         """Read the ready line (RuntimeError if the server exits first), then wait for health SERVING."""
