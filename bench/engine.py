@@ -8,7 +8,10 @@
   mid-way, against idle TTFA (a cancelled call must free the worker at once);
 - words: throughput at concurrency 4 with word timestamps against none;
 - whole graph: the same server with --no-decoder-windows (the first
-  generation's engine), idle TTFA and throughput at concurrency 8, side by side.
+  generation's engine), idle TTFA and throughput at concurrency 8, side by side;
+- 2-D convolutions: bare ONNX Runtime's parallel throughput on the voice's
+  graph as the server rewrites it (server/conv2d.py) against the voice's own
+  graph (the floor), so a ratio above 1 can be told apart from the rewrite.
 
 Rounds interleave the variants; figures are medians over rounds.
 """
@@ -21,11 +24,13 @@ import sys
 import time
 
 import numpy as np
+import onnxruntime as ort
 
 from bench.floor import Floor
 from bench.server_process import ServerProcess
 from bench.texts import TEXTS
 from clients.channel import Connection, open_aio_channel
+from server import graph
 from server.config import Settings
 from server.engine import plan_windows
 from server.frontend import Frontend
@@ -133,11 +138,31 @@ async def _whole_graph(address: str, rounds: int, seconds: float) -> dict:
     return {key: statistics.median(values) for key, values in out.items()}
 
 
+def conv2d_gain(floor: Floor, rounds: int, seconds: float) -> dict:
+    """Bare ONNX Runtime, the floor's parallel runs (two callers, medium text) on the voice's
+    own graph and on its 2-D rewrite, in interleaved rounds: medians in audio-s per s."""
+    rewritten = graph.load(str(floor.voice.model_path), split_decoder=False, cache_dir=Settings().graph_cache)
+    assert isinstance(rewritten, graph.WholeGraph)  # split_decoder=False
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(rewritten.model, options, providers=["CPUExecutionProvider"])
+    ids = [s.ids for s in floor.segments(TEXTS["medium"])]
+    own, conv2d = [], []
+    for _ in range(rounds):
+        own.append(floor.parallel(ids, 2, seconds)["audio_s_per_s"])
+        conv2d.append(floor.parallel(ids, 2, seconds, session)["audio_s_per_s"])
+    return {"own": statistics.median(own), "conv2d": statistics.median(conv2d),
+            "ratio": statistics.median(conv2d) / statistics.median(own)}
+
+
 def run(server_args: tuple = (), rounds: int = 3, seconds: float = 10.0) -> dict:
     """The section's figures (see the module docstring)."""
     floor = Floor()
     greeting_floor = floor.sequential(floor.first_sentence_ids(GREETING))
     snr = window_snr(floor)
+    print("  bare ONNX Runtime: the voice's own graph and its 2-D rewrite ...", file=sys.stderr)
+    conv2d = conv2d_gain(floor, rounds, seconds)
     del floor
     print("  windowed engine ...", file=sys.stderr)
     with ServerProcess(list(server_args)) as server:
@@ -154,6 +179,7 @@ def run(server_args: tuple = (), rounds: int = 3, seconds: float = 10.0) -> dict
         "words": {"none_c4": windowed["none_c4"], "words_c4": windowed["words_c4"],
                   "cost_pct": 100 * (1 - windowed["words_c4"] / windowed["none_c4"])},
         "whole_graph": whole,
+        "conv2d_floor": conv2d,
     }
 
 
@@ -171,3 +197,6 @@ def print_table(r: dict) -> None:
     wg = r["whole_graph"]
     print("whole-graph engine (--no-decoder-windows): TTFA p50 "
           + ", ".join(f"{k} {wg[k]*1000:.0f} ms" for k in TEXTS) + f"; concurrency 8 {wg['c8']:.1f} audio-s/s")
+    cf = r["conv2d_floor"]
+    print(f"bare ONNX Runtime, two callers: voice's own graph {cf['own']:.1f} audio-s/s, its 2-D rewrite "
+          f"{cf['conv2d']:.1f} ({cf['ratio']:.2f}x)")

@@ -59,15 +59,17 @@ class Floor:
         self.run(ids)
         return statistics.median(self.run(ids)[0] for _ in range(repeats))
 
-    def parallel(self, ids_list, threads: int, seconds: float) -> dict:
-        """Audio-s per wall-s with `threads` callers on one single-threaded-op session."""
+    def parallel(self, ids_list, threads: int, seconds: float, session=None) -> dict:
+        """Audio-s per wall-s with `threads` callers on one single-threaded-op session
+        (the voice's own, unless `session` is given)."""
+        session = session or self.single_thread
         stop = time.perf_counter() + seconds
         audio = [0.0] * threads
 
         def worker(i):
             n = i
             while time.perf_counter() < stop:
-                audio[i] += self.run(ids_list[n % len(ids_list)], self.single_thread)[1]
+                audio[i] += self.run(ids_list[n % len(ids_list)], session)[1]
                 n += 1
 
         start = time.perf_counter()

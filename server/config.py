@@ -226,6 +226,11 @@ class Settings:
     generation's engine); voices whose graph cannot be split run whole anyway.
     """
 
+    conv_2d: bool = setting(True, "engine", "run the voices' 1-D convolutions as 2-D ones, which ONNX Runtime "
+                                            "computes faster (same audio to float rounding; default: on; off: "
+                                            "the graph's own convolutions)")
+    """Rewrite each voice's graphs with server/conv2d.py when they are made (kept in graph_cache)."""
+
     first_window_frames: int = setting(8, "engine", "latent frames in a turn's first decoder window (x 256 "
                                                      "samples for Piper voices: 8 = 0.09 s at 22.05 kHz); "
                                                      "smaller = sooner first audio", range=(1, 4096))

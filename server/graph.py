@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from server import conv2d
+
 if TYPE_CHECKING:
     import onnx
 
@@ -79,9 +81,11 @@ class WholeGraph:
     """Why the graph was not split."""
 
 
-def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] = None) -> SplitGraph | WholeGraph:
+def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] = None,
+         conv_2d: bool = True) -> SplitGraph | WholeGraph:
     """Split the voice at `model_path` (unless `split_decoder` is False), or return it
-    whole with the reason it was not split; durations are exposed either way.
+    whole with the reason it was not split; durations are exposed either way, and
+    with `conv_2d` its 1-D convolutions run as 2-D ones (server/conv2d.py).
 
     The graphs made are written as files under `cache_dir`, in a folder named
     after the model's sha256 (and read from there on later loads): ONNX
@@ -89,25 +93,26 @@ def load(model_path: str, split_decoder: bool = True, cache_dir: Optional[Path] 
     in memory besides the sessions' weights. Without a usable `cache_dir`
     they go to a temporary folder of this process.
     """
-    folder = _cache_folder(model_path, cache_dir)
+    folder = _cache_folder(model_path, cache_dir, conv_2d)
     manifest = _read_manifest(folder)
     if manifest is None:
-        manifest = _make(model_path, folder)
+        manifest = _make(model_path, folder, conv_2d)
     durations = manifest["durations"]
     if split_decoder and manifest["split"]:
         return SplitGraph(str(folder / _ENCODER), str(folder / _DECODER), manifest["latent"],
                           manifest["speaker"], durations)
     reason = manifest["reason"] if not manifest["split"] else "decoder windows are turned off (--no-decoder-windows)"
-    if durations and not (folder / _WHOLE).exists():
+    rewritten = durations or conv_2d
+    if rewritten and not (folder / _WHOLE).exists():
         import onnx
 
         partial = folder / f".{_WHOLE}.{os.getpid()}"
-        onnx.save(_with_outputs(onnx.load(model_path), [durations]), str(partial))
+        onnx.save(_whole(onnx.load(model_path), durations, conv_2d), str(partial))
         partial.replace(folder / _WHOLE)
-    return WholeGraph(str(folder / _WHOLE) if durations else model_path, durations, reason)
+    return WholeGraph(str(folder / _WHOLE) if rewritten else model_path, durations, reason)
 
 
-def _make(model_path: str, folder: Path) -> dict:
+def _make(model_path: str, folder: Path, conv_2d: bool) -> dict:
     """Split the model (or note why not), write the graphs and a manifest into `folder`."""
     import onnx
 
@@ -122,10 +127,22 @@ def _make(model_path: str, folder: Path) -> dict:
         manifest.update(split=True, latent=latent, speaker=speaker)
     except NotSplittable as exc:
         manifest["reason"] = str(exc)
-        if durations:
-            files[_WHOLE] = _with_outputs(model, [durations])
+        if durations or conv_2d:
+            files[_WHOLE] = _whole(model, durations, conv_2d)
+    if conv_2d:
+        for part in (_ENCODER, _DECODER):
+            if part in files:
+                conv2d.rewrite(files[part])
     _write(folder, files, manifest)
     return manifest
+
+
+def _whole(model: onnx.ModelProto, durations: Optional[str], conv_2d: bool) -> onnx.ModelProto:
+    """The graph to run whole: `model` with its durations as an output, its convolutions in 2-D."""
+    whole = _with_outputs(model, [durations] if durations else [])
+    if conv_2d:
+        conv2d.rewrite(whole)
+    return whole
 
 
 def split(model: onnx.ModelProto, latent: str, speaker: Optional[str],
@@ -153,12 +170,12 @@ _LOGGER = logging.getLogger(__name__)
 _fallback_dir: Optional[Path] = None
 
 
-def _cache_folder(model_path: str, cache_dir: Optional[Path]) -> Path:
+def _cache_folder(model_path: str, cache_dir: Optional[Path], conv_2d: bool) -> Path:
     digest = hashlib.sha256()
     with open(model_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return _usable_dir(cache_dir) / f"{digest.hexdigest()[:32]}-v{_FORMAT}"
+    return _usable_dir(cache_dir) / f"{digest.hexdigest()[:32]}-v{_FORMAT}{'-conv2d' if conv_2d else ''}"
 
 
 def _usable_dir(cache_dir: Optional[Path]) -> Path:
@@ -267,10 +284,10 @@ def _computed_from(graph: onnx.GraphProto, source: str) -> set[str]:
     return reached
 
 
-def has_durations(model_path: str, cache_dir: Optional[Path]) -> bool:
+def has_durations(model_path: str, cache_dir: Optional[Path], conv_2d: bool = True) -> bool:
     """Whether the voice at `model_path` has a duration tensor: from its cached manifest
     when there is one, else from its graph (parsed, a fraction of a second)."""
-    manifest = _read_manifest(_cache_folder(model_path, cache_dir))
+    manifest = _read_manifest(_cache_folder(model_path, cache_dir, conv_2d))
     if manifest is not None:
         return bool(manifest["durations"])
     import onnx

@@ -170,7 +170,7 @@ class VoiceSessions:
     def _graph(self) -> SplitGraph | WholeGraph:
         """The voice's graph, split at its decoder unless that is turned off or impossible."""
         loaded = graph_split.load(str(self.voice.model_path), self._settings.decoder_windows,
-                                  self._settings.graph_cache)
+                                  self._settings.graph_cache, self._settings.conv_2d)
         if isinstance(loaded, WholeGraph) and self._settings.decoder_windows:
             _LOGGER.info("voice %s runs whole, not in decoder windows: %s", self.voice.name, loaded.reason)
         return loaded
@@ -417,7 +417,8 @@ class SessionPool:
         known = self._has_durations.get(voice.name)
         if known is None:
             try:
-                known = graph_split.has_durations(str(voice.model_path), self._settings.graph_cache)
+                known = graph_split.has_durations(str(voice.model_path), self._settings.graph_cache,
+                                                 self._settings.conv_2d)
             except Exception:  # noqa: BLE001 - an unreadable model fails its calls, named, elsewhere
                 known = False
             self._has_durations[voice.name] = known

@@ -24,7 +24,7 @@ FLAGS = frozenset({
     "--admin-token-file", "--allow-spinning", "--arena-extend", "--arena-max-extend-mb", "--arena-shrink-every",
     "--auth-token-file", "--cache-mb", "--cpu-arena", "--cuda-device-id", "--device", "--enable-profiling",
     "--decoder-windows", "--first-clause-cut", "--first-window-frames", "--window-frames", "--window-context-frames",
-    "--graph-cache",
+    "--graph-cache", "--conv-2d",
     "--first-chunk-phonemes", "--gpu-mem-limit-mb", "--grace-s", "--host", "--idle-trim-s", "--inter-op-threads",
     "--intra-op-threads", "--keepalive-time-s", "--keepalive-timeout-s", "--log-format", "--log-level",
     "--lookahead-chunks", "--max-chars", "--max-concurrent-rpcs", "--max-connection-age-s",
@@ -34,7 +34,7 @@ FLAGS = frozenset({
     "--http-port", "--wyoming-port", "--openai-voices", "--http-read-timeout-s", "--lexicon",
 })
 NEGATIONS = frozenset({"--no-allow-spinning", "--no-cpu-arena", "--no-metrics", "--no-warm-up",
-                       "--no-decoder-windows", "--no-first-clause-cut"})
+                       "--no-decoder-windows", "--no-conv-2d", "--no-first-clause-cut"})
 
 FIELDS = dataclasses.fields(Settings)
 HINTS = typing.get_type_hints(Settings)
