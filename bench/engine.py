@@ -24,9 +24,8 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 
-from bench.floor import Floor
+from bench.floor import Floor, single_thread_session
 from bench.server_process import ServerProcess
 from bench.texts import TEXTS
 from clients.channel import Connection, open_aio_channel
@@ -143,10 +142,7 @@ def conv2d_gain(floor: Floor, rounds: int, seconds: float) -> dict:
     own graph and on its 2-D rewrite, in interleaved rounds: medians in audio-s per s."""
     rewritten = graph.load(str(floor.voice.model_path), split_decoder=False, cache_dir=Settings().graph_cache)
     assert isinstance(rewritten, graph.WholeGraph)  # split_decoder=False
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(rewritten.model, options, providers=["CPUExecutionProvider"])
+    session = single_thread_session(rewritten.model)
     ids = [s.ids for s in floor.segments(TEXTS["medium"])]
     own, conv2d = [], []
     for _ in range(rounds):

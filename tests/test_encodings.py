@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 
+import grpc
 import numpy as np
 import pytest
 import soundfile
+from servers import start_server
 
 from server.resample import StreamResampler, resample
 from speakstream.v1 import synthesizer_pb2 as pb
@@ -189,3 +191,23 @@ def test_stream_resampler_pieces_of_any_size_equal_one_shot():
     assert np.max(np.abs(streamed - reference)) < 1e-4
     # And the output is a smooth sine: no sample-to-sample jump beyond the signal's own slope.
     assert np.max(np.abs(np.diff(streamed))) < 2 * np.pi * 300 / 16000 * 0.5 * 1.05
+
+
+def _maps_pyav(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "libavcodec" in maps.read()
+
+
+async def test_pyav_is_loaded_only_once_a_call_asks_for_what_it_encodes():
+    # PyAV's FFmpeg libraries hold 17 MB: a server never asked for Opus, MP3 or AAC does not map them.
+    process, address = await start_server("--log-level", "WARNING")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.SynthesizerStub(channel)
+            await stub.Synthesize(_request(encoding=pb.AUDIO_ENCODING_FLAC), timeout=_TIMEOUT)
+            assert not _maps_pyav(process.pid)
+            opus = await stub.Synthesize(_request(encoding=pb.AUDIO_ENCODING_OGG_OPUS), timeout=_TIMEOUT)
+            assert opus.audio[:4] == b"OggS" and _maps_pyav(process.pid)
+    finally:
+        process.terminate()
+        await process.wait()
