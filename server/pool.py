@@ -154,8 +154,9 @@ class VoiceSessions:
         self._settings = settings
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        graph = self._graph()
-        self.slots = [self._load(graph) for _ in range(settings.sessions)]
+        self._conv_2d = settings.conv_2d
+        graph, first = self._first_copy()
+        self.slots = [first] + [self._load(graph) for _ in range(settings.sessions - 1)]
         del graph  # the sessions hold the weights now
         self.split = self.slots[0].model.split
         self.hop, self.timestamps = self._probe()
@@ -167,10 +168,25 @@ class VoiceSessions:
         """Runs on this voice's sessions now."""
         return sum(slot.in_flight for slot in self.slots)
 
+    def _first_copy(self) -> tuple[SplitGraph | WholeGraph, SessionSlot]:
+        """The voice's graph and its first loaded copy; a 2-D rewrite that ONNX Runtime
+        refuses falls back to the graph's own convolutions, with one log line."""
+        graph = self._graph()
+        try:
+            return graph, self._load(graph)
+        except Exception as exc:  # any refusal of the rewrite: the original is tried next
+            if not self._conv_2d:
+                raise
+            _LOGGER.warning("voice %s: its convolutions rewritten in 2-D did not load (%s); running the "
+                            "graph's own", self.voice.name, str(exc).splitlines()[0] if str(exc) else exc)
+        self._conv_2d = False
+        graph = self._graph()
+        return graph, self._load(graph)
+
     def _graph(self) -> SplitGraph | WholeGraph:
         """The voice's graph, split at its decoder unless that is turned off or impossible."""
         loaded = graph_split.load(str(self.voice.model_path), self._settings.decoder_windows,
-                                  self._settings.graph_cache, self._settings.conv_2d)
+                                  self._settings.graph_cache, self._conv_2d)
         if isinstance(loaded, WholeGraph) and self._settings.decoder_windows:
             _LOGGER.info("voice %s runs whole, not in decoder windows: %s", self.voice.name, loaded.reason)
         return loaded

@@ -122,3 +122,28 @@ def test_a_shared_weight_and_a_graph_without_convolutions_are_left_alone():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])]))
     before = plain.SerializeToString()
     assert conv2d.rewrite(plain) == 0 and plain.SerializeToString() == before
+
+
+def test_a_rewrite_onnx_runtime_refuses_falls_back_to_the_graphs_own_convolutions(tmp_path, monkeypatch, caplog):
+    from server.config import Settings
+    from server.inference import Scales
+    from server.pool import VoiceSessions
+    from server.voices import VoiceRegistry
+
+    real = conv2d.rewrite
+
+    def refused(model):  # a rewrite whose graph ONNX Runtime cannot load
+        done = real(model)
+        model.graph.node.append(helper.make_node("NoSuchOperator", [model.graph.output[0].name], ["unused"]))
+        return done
+
+    monkeypatch.setattr(conv2d, "rewrite", refused)
+    path = write_vits_voice(tmp_path, "refused_vits")
+    voice = next(v for v in VoiceRegistry.load(tmp_path, "") if v.name == "refused_vits")
+    sessions = VoiceSessions(voice, Settings(port=0, graph_cache=tmp_path / "cache", sessions=2))
+    assert "did not load" in caplog.text and "refused_vits" in caplog.text
+    assert sessions.split and len(sessions.slots) == 2
+    ids = [1, 5, 9, 2]
+    encoded = sessions.encode(ids, Scales(0.0, 1.0, 0.0), 0)
+    audio = sessions.decode(encoded, 0, encoded.frames)
+    np.testing.assert_allclose(audio, _run(str(path), _piper_feeds(ids))[0].reshape(-1), atol=1e-5)
