@@ -4,9 +4,9 @@ A Piper voice is almost all 1-D convolutions (the HiFi-GAN decoder, the
 flow's WaveNet layers, the text encoder's feed-forward layers). ONNX
 Runtime's CPU provider runs a 1-D Conv through im2col and a GEMM, but a 2-D
 Conv through its blocked NCHWc kernels (and fuses the activation after it),
-which on this project's 2-core reference machine decodes audio about 19%
-faster and encodes text about 10% faster, with the same numbers to within
-float rounding (docs/BENCHMARKS.md). So each Conv and ConvTranspose whose
+which on this project's 2-core reference machine takes 9-19% less time to
+decode audio (two measurements, by window size) and about 10% less to encode
+text, with the same numbers to within float rounding (docs/BENCHMARKS.md). So each Conv and ConvTranspose whose
 weight is a 3-D initializer becomes
 
     Unsqueeze(axis 2) -> the same convolution in 2-D, kernel [1, k] -> Squeeze(axis 2)
